@@ -1,0 +1,114 @@
+"""Typed Python entry points to the torchext operators, and their fake kernels.
+
+The schemas are defined in C++ (csrc/ops/registration.cpp); this module only
+adds what Python needs: readable wrappers and ``register_fake`` shape functions
+so that ``torch.compile(fullgraph=True)`` traces through the ops.
+"""
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+_linear = torch.ops.torchext.linear.default
+_linear_backward = torch.ops.torchext.linear_backward.default
+_fused_sgd = torch.ops.torchext.fused_sgd_.default
+_fused_sgd_tensor_lr = torch.ops.torchext.fused_sgd_.tensor_lr
+
+
+def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``input @ weight.T + bias``: the same contract as ``torch.nn.functional.linear``."""
+    return _linear(input, weight, bias)
+
+
+def linear_backward(
+    grad_output: Tensor, input: Tensor, weight: Tensor, output_mask: Sequence[bool]
+) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Gradients of :func:`linear` for (input, weight, bias); masked-out entries are None."""
+    return _linear_backward(grad_output, input, weight, list(output_mask))
+
+
+def fused_sgd_(
+    params: List[Tensor],
+    grads: List[Tensor],
+    momentum_buffers: List[Tensor],
+    is_first_step: List[bool],
+    *,
+    lr,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    grad_scale: Optional[Tensor] = None,
+    found_inf: Optional[Tensor] = None,
+) -> None:
+    """One in-place SGD step over many tensors (see csrc/torchext/ops.h for the contract).
+
+    ``lr`` is a float, or a one-element tensor that the kernel reads where it lives.
+    """
+    op = _fused_sgd_tensor_lr if isinstance(lr, Tensor) else _fused_sgd
+    op(
+        params,
+        grads,
+        momentum_buffers,
+        is_first_step,
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        maximize=maximize,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Fake kernels: output metadata only, with the same checks as the C++ kernels.
+
+
+def _check_linear_args(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
+    torch._check(
+        weight.dim() == 2, lambda: f"torchext.linear: weight must be 2-D, got {weight.dim()}-D"
+    )
+    torch._check(input.dim() >= 1, lambda: "torchext.linear: input must have at least 1 dimension")
+    torch._check(
+        input.shape[-1] == weight.shape[1],
+        lambda: (
+            "torchext.linear: input and weight shapes cannot be multiplied "
+            f"({'x'.join(map(str, input.shape))} and {weight.shape[1]}x{weight.shape[0]})"
+        ),
+    )
+    if bias is not None:
+        torch._check(
+            bias.dim() == 1 and bias.shape[0] == weight.shape[0],
+            lambda: (
+                f"torchext.linear: bias must have shape [{weight.shape[0]}], "
+                f"got {list(bias.shape)}"
+            ),
+        )
+
+
+@torch.library.register_fake("torchext::linear")
+def _linear_fake(input, weight, bias=None):
+    _check_linear_args(input, weight, bias)
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+@torch.library.register_fake("torchext::linear_backward")
+def _linear_backward_fake(grad_output, input, weight, output_mask):
+    grad_input = torch.empty_like(input) if output_mask[0] else None
+    grad_weight = torch.empty_like(weight) if output_mask[1] else None
+    grad_bias = grad_output.new_empty((weight.shape[0],)) if output_mask[2] else None
+    return grad_input, grad_weight, grad_bias
+
+
+@torch.library.register_fake("torchext::fused_sgd_")
+def _fused_sgd_fake(params, grads, momentum_buffers, is_first_step, **kwargs):
+    return None
+
+
+@torch.library.register_fake("torchext::fused_sgd_.tensor_lr")
+def _fused_sgd_tensor_lr_fake(params, grads, momentum_buffers, is_first_step, **kwargs):
+    return None
