@@ -10,6 +10,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from . import _C
+
 _linear = torch.ops.torchext.linear.default
 _linear_backward = torch.ops.torchext.linear_backward.default
 _fused_sgd = torch.ops.torchext.fused_sgd_.default
@@ -17,7 +19,20 @@ _fused_sgd_tensor_lr = torch.ops.torchext.fused_sgd_.tensor_lr
 
 
 def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """``input @ weight.T + bias``: the same contract as ``torch.nn.functional.linear``."""
+    """``input @ weight.T + bias``: the same contract as ``torch.nn.functional.linear``.
+
+    Plain tensors take the direct binding (``_C.linear``), a few microseconds
+    cheaper per call than the generic ``torch.ops`` path. Both reach the same
+    dispatcher entry; ``torch.ops`` is kept wherever Python-level dispatch must
+    see the call: under ``torch.compile``, tensor subclasses and
+    ``__torch_function__`` modes.
+    """
+    if (
+        not torch.compiler.is_compiling()
+        and type(input) is Tensor
+        and not torch._C._is_torch_function_mode_enabled()
+    ):
+        return _C.linear(input, weight, bias)
     return _linear(input, weight, bias)
 
 
@@ -68,19 +83,61 @@ def fused_sgd_(
 # Fake kernels: output metadata only, with the same checks as the C++ kernels.
 
 
-def _check_linear_args(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
+def _dtype_name(dtype: torch.dtype) -> str:
+    # The names C++ error messages use (c10::ScalarType), e.g. Float, Double, Half.
+    return {
+        torch.float64: "Double", torch.float32: "Float", torch.float16: "Half",
+        torch.bfloat16: "BFloat16",
+    }.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def _check_same_dtype_and_device(name: str, t: Tensor, input: Tensor) -> None:
     torch._check(
-        weight.dim() == 2, lambda: f"torchext.linear: weight must be 2-D, got {weight.dim()}-D"
+        t.dtype == input.dtype,
+        lambda: (
+            f"torchext.linear: {name} is {_dtype_name(t.dtype)} but input is "
+            f"{_dtype_name(input.dtype)}; they must have the same dtype"
+        ),
     )
-    torch._check(input.dim() >= 1, lambda: "torchext.linear: input must have at least 1 dimension")
+    torch._check(
+        t.device == input.device,
+        lambda: (
+            f"torchext.linear: {name} is on {t.device} but input is on {input.device}; "
+            "they must be on the same device"
+        ),
+    )
+
+
+def _check_linear_args(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
+    # Mirrors check_linear_args in csrc/ops/linear_common.h, message for message.
+    torch._check(
+        weight.dim() == 2,
+        lambda: (
+            "torchext.linear: weight must be 2-D [out_features, in_features], got shape "
+            f"{list(weight.shape)}"
+        ),
+    )
+    torch._check(
+        input.dim() >= 1,
+        lambda: "torchext.linear: input must have at least 1 dimension, got a 0-d tensor",
+    )
+    for name, t in (("input", input), ("weight", weight)):
+        torch._check(
+            t.dtype.is_floating_point,
+            lambda: f"torchext.linear: expected a floating-point {name}, got {_dtype_name(t.dtype)}",
+        )
+    _check_same_dtype_and_device("weight", weight, input)
     torch._check(
         input.shape[-1] == weight.shape[1],
         lambda: (
             "torchext.linear: input and weight shapes cannot be multiplied "
-            f"({'x'.join(map(str, input.shape))} and {weight.shape[1]}x{weight.shape[0]})"
+            f"({input.numel() // max(input.shape[-1], 1)}x{input.shape[-1]} and "
+            f"{weight.shape[1]}x{weight.shape[0]}): the input's last dimension "
+            f"({input.shape[-1]}) must equal in_features ({weight.shape[1]})"
         ),
     )
     if bias is not None:
+        _check_same_dtype_and_device("bias", bias, input)
         torch._check(
             bias.dim() == 1 and bias.shape[0] == weight.shape[0],
             lambda: (
