@@ -104,6 +104,21 @@ class BuildExtWithInfo(cpp_extension.BuildExtension):
                 f.write(f"cuda_version = {(torch.version.cuda if WITH_CUDA else None)!r}\n")
 
 
+def find_cublaslt():
+    """The cuBLASLt library to link: the toolkit's, else the one torch's CUDA wheels ship."""
+    candidates = [os.path.join(cpp_extension.CUDA_HOME, "lib64", "libcublasLt.so")]
+    site_packages = os.path.dirname(os.path.dirname(torch.__file__))
+    for wheel_lib in ("nvidia/cu*/lib", "nvidia/cublas/lib"):
+        candidates += sorted(glob.glob(os.path.join(site_packages, wheel_lib, "libcublasLt.so*")))
+    for path in candidates:
+        if os.path.exists(path):
+            return path
+    fail(
+        f"cuBLASLt was found neither in CUDA_HOME ({cpp_extension.CUDA_HOME}/lib64) nor in torch's "
+        "nvidia wheels; install the CUDA toolkit's cuBLAS, or set USE_CUDA=0 for a CPU-only build."
+    )
+
+
 def sources(with_cuda):
     patterns = ["csrc/ops/*.cpp", "csrc/ops/cpu/*.cpp", "csrc/ops/autograd/*.cpp",
                 "csrc/train/*.cpp", "csrc/python/*.cpp"]
@@ -129,7 +144,7 @@ def extension(version, with_cuda):
         return cpp_extension.CUDAExtension(
             **kwargs,
             extra_compile_args={"cxx": cxx_flags + ["-DTORCHEXT_WITH_CUDA"], "nvcc": nvcc_flags},
-            libraries=["cublasLt"],
+            extra_link_args=[find_cublaslt()],
         )
     return cpp_extension.CppExtension(**kwargs, extra_compile_args={"cxx": cxx_flags})
 
