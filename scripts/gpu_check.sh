@@ -139,13 +139,14 @@ EOF
 fi
 
 # ---------------------------------------------------------------------------
-# Key lines of a benchmark's output: lines starting "RESULT" or "summary" if any,
-# else lines that name a ratio or speed-up, else the last lines.
+# Key lines of a benchmark's output: lines starting "RESULT" or "summary" if any;
+# else the table from its first line naming a ratio or speed-up to the end; else the
+# last lines.
 key_lines() {
   local f=$1 lines
   lines=$(grep -E '^(RESULT|[Ss]ummary)' "$f")
-  [[ -n $lines ]] || lines=$(grep -iE 'ratio|speed-?up|vs\.? (stock|torch)|[0-9]+(\.[0-9]+)?x\b|×' "$f" | tail -n 8)
-  [[ -n $lines ]] || lines=$(tail -n 4 "$f")
+  [[ -n $lines ]] || lines=$(awk 'tolower($0) ~ /ratio|speed-?up/ {on = 1} on' "$f" | head -n 16)
+  [[ -n $lines ]] || lines=$(tail -n 6 "$f")
   printf '%s\n' "$lines" | cut -c1-150
 }
 BENCH_NOTES=()
@@ -175,7 +176,7 @@ for script in bench_linear bench_sgd; do
     row "${script#bench_}" absent 0 "benchmarks/$script.py does not exist yet"
   fi
 done
-if [[ -f torchext/__main__.py ]] && grep -q 'bench' torchext/__main__.py; then
+if [[ -f torchext/__main__.py ]] && grep -qE "[\"']bench[\"']" torchext/__main__.py; then # a 'bench' subcommand
   bench torchext-bench "$PYTHON" -m torchext bench --device cuda
 else
   row torchext-bench absent 0 "python -m torchext bench is not there yet"
