@@ -7,7 +7,9 @@ parameter, gradient and momentum buffer once and writes them once, in a single
 ``torch.ops.torchext.fused_sgd_`` call per (device, dtype) bucket of each parameter group.
 """
 
-from typing import Any, Dict, List, Optional
+from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,7 +20,7 @@ from . import ops
 __all__ = ["SGD"]
 
 
-def _per_device(t: Optional[Tensor], cache: Dict[torch.device, Tensor], device: torch.device):
+def _per_device(t: Tensor | None, cache: dict[torch.device, Tensor], device: torch.device):
     """``t`` on ``device``, moved once per step (GradScaler keeps its tensors on one device)."""
     if t is None:
         return None
@@ -102,11 +104,11 @@ class SGD(Optimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", False)
 
-    def _collect(self, group: Dict[str, Any]):
+    def _collect(self, group: dict[str, Any]):
         """The group's parameters that have gradients, with their buffers (None: first step)."""
-        params: List[Tensor] = []
-        grads: List[Tensor] = []
-        buffers: List[Optional[Tensor]] = []
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        buffers: list[Tensor | None] = []
         with_momentum = group["momentum"] != 0
         for p in group["params"]:
             if p.grad is None:
@@ -195,7 +197,7 @@ class SGD(Optimizer):
                 return loss
             found_inf = None
 
-        moved: Dict[str, Dict[torch.device, Tensor]] = {}
+        moved: dict[str, dict[torch.device, Tensor]] = {}
         for group, params, grads, buffers in work:
             if params:
                 self._step_group(group, params, grads, buffers, grad_scale, found_inf, moved)
