@@ -11,7 +11,6 @@
 //   buf = momentum * buf + (1 - dampening) * g   (later steps)
 //   g = g + momentum * buf  (nesterov)   or   g = buf
 //   p = p + (-lr) * g
-// with each `a + alpha * b` an fmadd where torch's vectorised add_/add uses one.
 // float32/float64 compute in their own precision with the hyper-parameters cast to
 // it (as torch's ops cast `alpha`); float16/bfloat16 compute in float32.
 #include "../fused_sgd_checks.h"
@@ -59,29 +58,24 @@ struct StepArgs {
   }
 };
 
-// a * b + c, fused where torch's vectorised kernels fuse it.
-template <typename T>
-inline T muladd(T a, T b, T c) {
+// The element-wise helpers are forced inline: left to itself the compiler calls
+// them (and at::vec's generic operators) once per vector, several times slower.
+// a * b + c is two roundings here, as in the scalar loops of torch's kernels; its
+// AVX2 kernels fuse it, which can differ in the last bit.
+template <typename V>
+C10_ALWAYS_INLINE V muladd(const V& a, const V& b, const V& c) {
   return a * b + c;
 }
-template <typename T>
-inline Vectorized<T> muladd(const Vectorized<T>& a, const Vectorized<T>& b,
-                            const Vectorized<T>& c) {
-  return at::vec::fmadd(a, b, c);
-}
-template <typename T>
-inline T negate(T a) {
-  return -a;
-}
-template <typename T>
-inline Vectorized<T> negate(const Vectorized<T>& a) {
-  return a.neg();
+// Exact negation (-0 for 0), as torch's -grad.
+template <typename V>
+C10_ALWAYS_INLINE V negate(const V& a) {
+  return a * V(-1);
 }
 
 // The update of one element (V = T) or one vector of elements (V = Vectorized<T>).
 // `g` comes back unscaled (it is stored to grad when c.has_scale).
 template <typename V, typename T>
-inline void sgd_update(V& p, V& g, V& buf, bool first_step, const Coeffs<T>& c) {
+C10_ALWAYS_INLINE void sgd_update(V& p, V& g, V& buf, bool first_step, const Coeffs<T>& c) {
   if (c.has_scale) {
     g = g / V(c.grad_scale);
   }
