@@ -128,12 +128,11 @@ class SGD(Optimizer):
     def _step_group(self, group, params, grads, buffers, grad_scale, found_inf, moved) -> None:
         momentum = group["momentum"]
         is_first_step = [b is None for b in buffers]
-        buffers = [torch.empty_like(p) if b is None else b for p, b in zip(params, buffers)]
-
-        def real(ts):
-            return [torch.view_as_real(t) if t.is_complex() else t for t in ts]
-
-        lists = [real(params), real(grads)] + ([real(buffers)] if momentum != 0 else [])
+        if any(is_first_step):
+            buffers = [torch.empty_like(p) if b is None else b for p, b in zip(params, buffers)]
+        lists = [params, grads] + ([buffers] if momentum != 0 else [])
+        if any(p.is_complex() for p in params):  # stepped as (..., 2) real views, as torch does
+            lists = [[torch.view_as_real(t) if t.is_complex() else t for t in ts] for ts in lists]
         buckets = Optimizer._group_tensors_by_device_and_dtype(lists, with_indices=True)
         lr = group["lr"]
         weight_decay = group["weight_decay"]
