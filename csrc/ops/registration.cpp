@@ -17,14 +17,17 @@ TORCH_LIBRARY(torchext, m) {
   m.def(
       "linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
+  // grads are mutable: with grad_scale the kernels store the unscaled gradients back,
+  // as torch's own _fused_sgd_ does (GradScaler users then see unscaled .grad).
   m.def(
-      "fused_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
+      "fused_sgd_(Tensor(a!)[] params, Tensor(c!)[] grads, Tensor(b!)[] momentum_buffers, "
       "bool[] is_first_step, *, float lr, float momentum, float dampening, float weight_decay, "
       "bool nesterov, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
   m.def(
-      "fused_sgd_.tensor_lr(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
-      "bool[] is_first_step, *, Tensor lr, float momentum, float dampening, float weight_decay, "
-      "bool nesterov, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+      "fused_sgd_.tensor_lr(Tensor(a!)[] params, Tensor(c!)[] grads, "
+      "Tensor(b!)[] momentum_buffers, bool[] is_first_step, *, Tensor lr, float momentum, "
+      "float dampening, float weight_decay, bool nesterov, bool maximize, "
+      "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
 }
 
 // ---------------------------------------------------------------------------
@@ -57,11 +60,12 @@ void fused_sgd_(at::TensorList params, at::TensorList grads, at::TensorList mome
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("torchext::fused_sgd_", "")
                        .typed<void(at::TensorList, at::TensorList, at::TensorList,
-                                   c10::ArrayRef<bool>, double, double, double, double, bool,
+                                   const c10::List<bool>&, double, double, double, double, bool,
                                    bool, const c10::optional<at::Tensor>&,
                                    const c10::optional<at::Tensor>&)>();
-  op.call(params, grads, momentum_buffers, is_first_step, lr, options.momentum, options.dampening,
-          options.weight_decay, options.nesterov, options.maximize, grad_scale, found_inf);
+  op.call(params, grads, momentum_buffers, c10::List<bool>(is_first_step), lr, options.momentum,
+          options.dampening, options.weight_decay, options.nesterov, options.maximize, grad_scale,
+          found_inf);
 }
 
 void fused_sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
@@ -71,11 +75,12 @@ void fused_sgd_(at::TensorList params, at::TensorList grads, at::TensorList mome
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("torchext::fused_sgd_", "tensor_lr")
                        .typed<void(at::TensorList, at::TensorList, at::TensorList,
-                                   c10::ArrayRef<bool>, const at::Tensor&, double, double, double,
-                                   bool, bool, const c10::optional<at::Tensor>&,
+                                   const c10::List<bool>&, const at::Tensor&, double, double,
+                                   double, bool, bool, const c10::optional<at::Tensor>&,
                                    const c10::optional<at::Tensor>&)>();
-  op.call(params, grads, momentum_buffers, is_first_step, lr, options.momentum, options.dampening,
-          options.weight_decay, options.nesterov, options.maximize, grad_scale, found_inf);
+  op.call(params, grads, momentum_buffers, c10::List<bool>(is_first_step), lr, options.momentum,
+          options.dampening, options.weight_decay, options.nesterov, options.maximize, grad_scale,
+          found_inf);
 }
 
 // ---------------------------------------------------------------------------

@@ -37,7 +37,8 @@ struct SGDStepOptions {
 // One SGD(-with-momentum) step over many tensors, in place, in torch.optim.SGD's
 // order of operations. `momentum_buffers` is empty when momentum == 0, otherwise
 // one per parameter; `is_first_step[i]` says buffer i is new and is set to the
-// gradient (no dampening). `grad_scale` (gradients are divided by it) and
+// gradient (no dampening). `grad_scale` (gradients are divided by it, and the
+// unscaled gradients are stored back into `grads`, as torch's fused SGD does) and
 // `found_inf` (non-zero: nothing is written) serve mixed-precision training.
 void fused_sgd_(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
                 c10::ArrayRef<bool> is_first_step, double lr, const SGDStepOptions& options,
