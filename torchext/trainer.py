@@ -140,9 +140,13 @@ class Trainer:
             group_params.append(params)
         return specs, group_params
 
-    def _store_buffers(self, created, group_params) -> None:
+    def _after_core_update(self, created, group_params) -> None:
+        """Stores the momentum buffers the core created into the optimizer's state."""
         for group, position, buffer in created:
             self.optimizer.state[group_params[group][position]]["momentum_buffer"] = buffer
+        # What optimizer.step() would have flagged: LR schedulers check it to warn
+        # about calling scheduler.step() before any optimizer step.
+        self.optimizer._opt_called = True
 
     # ------------------------------------------------------------------ training
 
@@ -154,7 +158,7 @@ class Trainer:
         if self._uses_core():
             specs, group_params = self._group_specs()
             loss, created = self._core.step(x, y, specs)
-            self._store_buffers(created, group_params)
+            self._after_core_update(created, group_params)
         else:
             loss = self._eager_step(x, y)
         self.steps += 1
@@ -193,7 +197,7 @@ class Trainer:
                 specs, group_params = self._group_specs()
                 losses, created = self._core.fit(x, y, specs, epochs, batch_size, shuffle,
                                                  generator, callback)
-                self._store_buffers(created, group_params)
+                self._after_core_update(created, group_params)
                 self.steps += epochs * steps_per_epoch
                 return losses
             return self._eager_fit(x, y, epochs, batch_size, shuffle, generator, callback)
