@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 // The Fortran BLAS entry points inside libtorch_cpu (MKL or OpenBLAS builds).
 // Weak: a torch built without them leaves these null and gemm() goes through ATen.
@@ -28,9 +29,13 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 namespace torchext::train::cpu {
 namespace {
 
+// Below this many elements a pass runs on the calling thread: handing work to
+// another thread costs more than doing it.
 constexpr int64_t kElementsPerTask = 32768;
 
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(cols, 1)); }
+int64_t row_grain(int64_t cols) {
+  return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(cols, 1));
+}
 
 template <typename T>
 void blas_gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k,
@@ -91,47 +96,180 @@ void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, c
 }
 
 // ---------------------------------------------------------------------------
-// Activations: forward value, and derivative from (z, a).
+// Elementwise passes.
+//
+// Each pass is written once, as an always-inline block function over plain
+// loops, and compiled twice: for the baseline ISA, and (on x86-64) inside
+// functions targeted at AVX2+FMA, picked at run time. The extension is built
+// without -mavx2 so that it runs anywhere; this keeps the hot loops 8 floats
+// wide where the CPU allows. Only leaf loops get the target attribute, so no
+// inline function shared with other translation units is compiled for AVX2.
+
+namespace {
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define TORCHEXT_HAVE_AVX2_VARIANT 1
+#define TORCHEXT_AVX2 __attribute__((target("avx2,fma")))
+#endif
+#define TORCHEXT_INLINE inline __attribute__((always_inline))
+
+bool cpu_has_avx2() {
+#ifdef TORCHEXT_HAVE_AVX2_VARIANT
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
 
 template <typename T>
-inline T gelu(T z) {
+TORCHEXT_INLINE T gelu(T z) {
   return z * T(0.5) * (T(1) + std::erf(z * T(M_SQRT1_2)));
 }
 
 template <typename T>
-inline T gelu_derivative(T z) {
+TORCHEXT_INLINE T gelu_derivative(T z) {
   const T cdf = T(0.5) * (T(1) + std::erf(z * T(M_SQRT1_2)));
   const T pdf = std::exp(T(-0.5) * z * z) * T(M_2_SQRTPI * M_SQRT1_2 * 0.5);
   return cdf + z * pdf;
 }
 
+// Rows [begin, end) of bias + activation.
+template <typename T>
+TORCHEXT_INLINE void bias_activation_rows(T* z, const T* bias, int64_t begin, int64_t end,
+                                          int64_t cols, Activation act, T* out) {
+  for (int64_t r = begin; r < end; ++r) {
+    T* __restrict zr = z + r * cols;
+    if (bias != nullptr) {
+      const T* __restrict b = bias;
+      for (int64_t c = 0; c < cols; ++c) zr[c] += b[c];
+    }
+    if (act == Activation::Identity) {
+      if (out != z) std::copy(zr, zr + cols, out + r * cols);
+      continue;
+    }
+    // out may be z itself (in place), so no __restrict across the two.
+    T* outr = out + r * cols;
+    switch (act) {
+      case Activation::ReLU:
+        for (int64_t c = 0; c < cols; ++c) outr[c] = zr[c] > T(0) ? zr[c] : T(0);
+        break;
+      case Activation::Tanh:
+        for (int64_t c = 0; c < cols; ++c) outr[c] = std::tanh(zr[c]);
+        break;
+      case Activation::Sigmoid:
+        for (int64_t c = 0; c < cols; ++c) outr[c] = T(1) / (T(1) + std::exp(-zr[c]));
+        break;
+      case Activation::GELU:
+        for (int64_t c = 0; c < cols; ++c) outr[c] = gelu(zr[c]);
+        break;
+      case Activation::Identity:
+        break;
+    }
+  }
+}
+
+// Columns [c0, c1) of the activation gradient, over all rows, and their bias-gradient sums.
+template <typename T>
+TORCHEXT_INLINE void activation_backward_cols(T* grad, const T* z, const T* a, int64_t rows,
+                                              int64_t c0, int64_t c1, int64_t cols,
+                                              Activation act, T* bias_grad) {
+  if (bias_grad != nullptr) std::fill(bias_grad + c0, bias_grad + c1, T(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    T* __restrict g = grad + r * cols;
+    const T* __restrict zr = z + r * cols;
+    const T* __restrict ar = a + r * cols;
+    switch (act) {
+      case Activation::Identity:
+        break;
+      case Activation::ReLU:  // as threshold_backward(grad, output, 0)
+        for (int64_t c = c0; c < c1; ++c) g[c] = ar[c] <= T(0) ? T(0) : g[c];
+        break;
+      case Activation::Tanh:  // tanh_backward: grad · (1 − a²)
+        for (int64_t c = c0; c < c1; ++c) g[c] = g[c] * (T(1) - ar[c] * ar[c]);
+        break;
+      case Activation::Sigmoid:  // sigmoid_backward: grad · (1 − a) · a
+        for (int64_t c = c0; c < c1; ++c) g[c] = g[c] * (T(1) - ar[c]) * ar[c];
+        break;
+      case Activation::GELU:
+        for (int64_t c = c0; c < c1; ++c) g[c] = g[c] * gelu_derivative(zr[c]);
+        break;
+    }
+    if (bias_grad != nullptr) {
+      T* __restrict bg = bias_grad;
+      for (int64_t c = c0; c < c1; ++c) bg[c] += g[c];
+    }
+  }
+}
+
+// Σ (out − target)² in double, with grad = norm · (out − target) when asked.
+// Eight independent partial sums let the loop run in vector lanes.
+template <typename T>
+TORCHEXT_INLINE double squared_error(const T* __restrict out, const T* __restrict target,
+                                     int64_t n, T norm, T* __restrict grad) {
+  double partial[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int k = 0; k < 8; ++k) {
+      const T diff = out[i + k] - target[i + k];
+      partial[k] += static_cast<double>(diff) * static_cast<double>(diff);
+      if (grad != nullptr) grad[i + k] = norm * diff;
+    }
+  }
+  double sum = 0;
+  for (; i < n; ++i) {
+    const T diff = out[i] - target[i];
+    sum += static_cast<double>(diff) * static_cast<double>(diff);
+    if (grad != nullptr) grad[i] = norm * diff;
+  }
+  for (double p : partial) sum += p;
+  return sum;
+}
+
+// The baseline and AVX2 instantiations of each block function.
+template <typename T>
+void bias_activation_block(T* z, const T* bias, int64_t begin, int64_t end, int64_t cols,
+                           Activation act, T* out) {
+  bias_activation_rows(z, bias, begin, end, cols, act, out);
+}
+template <typename T>
+void activation_backward_block(T* grad, const T* z, const T* a, int64_t rows, int64_t c0,
+                               int64_t c1, int64_t cols, Activation act, T* bias_grad) {
+  activation_backward_cols(grad, z, a, rows, c0, c1, cols, act, bias_grad);
+}
+template <typename T>
+double squared_error_block(const T* out, const T* target, int64_t n, T norm, T* grad) {
+  return squared_error(out, target, n, norm, grad);
+}
+#ifdef TORCHEXT_HAVE_AVX2_VARIANT
+template <typename T>
+TORCHEXT_AVX2 void bias_activation_block_avx2(T* z, const T* bias, int64_t begin, int64_t end,
+                                              int64_t cols, Activation act, T* out) {
+  bias_activation_rows(z, bias, begin, end, cols, act, out);
+}
+template <typename T>
+TORCHEXT_AVX2 void activation_backward_block_avx2(T* grad, const T* z, const T* a, int64_t rows,
+                                                  int64_t c0, int64_t c1, int64_t cols,
+                                                  Activation act, T* bias_grad) {
+  activation_backward_cols(grad, z, a, rows, c0, c1, cols, act, bias_grad);
+}
+template <typename T>
+TORCHEXT_AVX2 double squared_error_block_avx2(const T* out, const T* target, int64_t n, T norm,
+                                              T* grad) {
+  return squared_error(out, target, n, norm, grad);
+}
+#define TORCHEXT_PICK(name) (cpu_has_avx2() ? name##_avx2<T> : name<T>)
+#else
+#define TORCHEXT_PICK(name) (name<T>)
+#endif
+
+}  // namespace
+
 template <typename T>
 void bias_activation(T* z, const T* bias, int64_t rows, int64_t cols, Activation act, T* out) {
+  const auto block = TORCHEXT_PICK(bias_activation_block);
   at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      T* zr = z + r * cols;
-      T* outr = out + r * cols;
-      if (bias != nullptr) {
-        for (int64_t c = 0; c < cols; ++c) zr[c] += bias[c];
-      }
-      switch (act) {
-        case Activation::Identity:
-          if (outr != zr) std::copy(zr, zr + cols, outr);
-          break;
-        case Activation::ReLU:
-          for (int64_t c = 0; c < cols; ++c) outr[c] = zr[c] > T(0) ? zr[c] : T(0);
-          break;
-        case Activation::Tanh:
-          for (int64_t c = 0; c < cols; ++c) outr[c] = std::tanh(zr[c]);
-          break;
-        case Activation::Sigmoid:
-          for (int64_t c = 0; c < cols; ++c) outr[c] = T(1) / (T(1) + std::exp(-zr[c]));
-          break;
-        case Activation::GELU:
-          for (int64_t c = 0; c < cols; ++c) outr[c] = gelu(zr[c]);
-          break;
-      }
-    }
+    block(z, bias, begin, end, cols, act, out);
   });
 }
 
@@ -139,33 +277,10 @@ template <typename T>
 void activation_backward(T* grad, const T* z, const T* a, int64_t rows, int64_t cols,
                          Activation act, T* bias_grad) {
   // Columns split across threads: each owns its slice of bias_grad.
+  const auto block = TORCHEXT_PICK(activation_backward_block);
   const int64_t col_grain = std::max<int64_t>(8, kElementsPerTask / std::max<int64_t>(rows, 1));
   at::parallel_for(0, cols, col_grain, [&](int64_t c0, int64_t c1) {
-    if (bias_grad != nullptr) std::fill(bias_grad + c0, bias_grad + c1, T(0));
-    for (int64_t r = 0; r < rows; ++r) {
-      T* g = grad + r * cols;
-      const T* zr = z + r * cols;
-      const T* ar = a + r * cols;
-      switch (act) {
-        case Activation::Identity:
-          break;
-        case Activation::ReLU:  // as threshold_backward(grad, output, 0)
-          for (int64_t c = c0; c < c1; ++c) g[c] = ar[c] <= T(0) ? T(0) : g[c];
-          break;
-        case Activation::Tanh:  // tanh_backward: grad · (1 − a²)
-          for (int64_t c = c0; c < c1; ++c) g[c] = g[c] * (T(1) - ar[c] * ar[c]);
-          break;
-        case Activation::Sigmoid:  // sigmoid_backward: grad · (1 − a) · a
-          for (int64_t c = c0; c < c1; ++c) g[c] = g[c] * (T(1) - ar[c]) * ar[c];
-          break;
-        case Activation::GELU:
-          for (int64_t c = c0; c < c1; ++c) g[c] = g[c] * gelu_derivative(zr[c]);
-          break;
-      }
-      if (bias_grad != nullptr) {
-        for (int64_t c = c0; c < c1; ++c) bias_grad[c] += g[c];
-      }
-    }
+    block(grad, z, a, rows, c0, c1, cols, act, bias_grad);
   });
 }
 
@@ -176,14 +291,10 @@ template <typename T>
 T mse_loss(const T* out, const T* target, int64_t n, T* grad) {
   if (n == 0) return std::numeric_limits<T>::quiet_NaN();  // as torch: mean of nothing
   const T norm = T(2) / static_cast<T>(n);  // mse_loss_backward's scale
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const T diff = out[i] - target[i];
-    sum += static_cast<double>(diff) * diff;
-    if (grad != nullptr) grad[i] = norm * diff;
-  }
+  const double sum = TORCHEXT_PICK(squared_error_block)(out, target, n, norm, grad);
   return static_cast<T>(sum / static_cast<double>(n));
 }
+#undef TORCHEXT_PICK
 
 template <typename T>
 T cross_entropy_loss(const T* logits, const int64_t* target, int64_t rows, int64_t cols,

@@ -252,8 +252,16 @@ struct TrainerCore::Impl {
       }
       std::unique_ptr<bool[]> first_flags(new bool[first.size()]);
       std::copy(first.begin(), first.end(), first_flags.get());
-      fused_sgd_(params, grads, buffers, c10::ArrayRef<bool>(first_flags.get(), first.size()),
-                 group.lr, group.options);
+      {
+        // Straight to the backend kernel: the dispatcher's boxed ADInplaceOrView
+        // step costs more than the update itself at small sizes. Its one job,
+        // bumping the version counters of what the step writes, is done below.
+        at::AutoDispatchBelowADInplaceOrView direct;
+        fused_sgd_(params, grads, buffers, c10::ArrayRef<bool>(first_flags.get(), first.size()),
+                   group.lr, group.options);
+      }
+      for (const at::Tensor& t : params) t.unsafeGetTensorImpl()->bump_version();
+      for (const at::Tensor& t : buffers) t.unsafeGetTensorImpl()->bump_version();
     }
   }
 
