@@ -23,8 +23,9 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
                             const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-    ctx->save_for_backward({input, weight});
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    // The bias is saved only so backward knows whether there is one (an
+    // undefined tensor otherwise); cheaper than a saved_data entry.
+    ctx->save_for_backward({input, weight, bias.has_value() ? *bias : at::Tensor()});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return torchext::linear(input, weight, bias);
   }
@@ -34,7 +35,7 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
     const at::Tensor& grad_output = grads[0];
     if (!grad_output.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
     // Without a bias the node has no third input to ask about.
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const bool has_bias = saved[2].defined();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       has_bias && ctx->needs_input_grad(2)};
     auto [grad_input, grad_weight, grad_bias] =

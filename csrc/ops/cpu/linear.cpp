@@ -28,7 +28,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
   } else {
     at::cpu::mm_out(out, x, weight.t());
   }
-  return out.view(output_shape(input, weight.size(0)));
+  return input.dim() == 2 ? out : out.view(output_shape(input, weight.size(0)));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
@@ -36,15 +36,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
     std::array<bool, 3> output_mask) {
   check_linear_backward_args(grad_output, input, weight);
   const int64_t out_features = weight.size(0);
-  const at::Tensor go = grad_output.reshape({-1, out_features});  // [B, O]
+  // 2-D tensors are used as they are: a view costs a tensor allocation, which
+  // shows at small sizes.
+  const at::Tensor go = flatten_to_2d(grad_output.dim() == 1 ? grad_output.unsqueeze(0)
+                                                             : grad_output);  // [B, O]
   at::Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[0]) {
     grad_input = at::empty(input.sizes(), input.options());
-    at::Tensor grad_input_2d = grad_input.view({-1, weight.size(1)});
+    at::Tensor grad_input_2d =
+        input.dim() == 2 ? grad_input : grad_input.view({-1, weight.size(1)});
     at::cpu::mm_out(grad_input_2d, go, weight);  // [B, O]·[O, I]
   }
   if (output_mask[1]) {
-    const at::Tensor x = input.reshape({-1, weight.size(1)});  // [B, I]
+    const at::Tensor x = flatten_to_2d(input.dim() == 1 ? input.unsqueeze(0) : input);  // [B, I]
     grad_weight = at::empty(weight.sizes(), weight.options());
     at::cpu::mm_out(grad_weight, go.t(), x);  // [O, B]·[B, I]
   }
