@@ -51,6 +51,7 @@ print(difference)
 
 difference.backward()
 print(var_1.grad, var_2.grad)
+print(torch.stack([var_1.grad, var_2.grad]))
 
 # Gradients accumulate: a second backward adds to .grad.
 (var_1 * var_2 - desired).backward()

@@ -197,9 +197,69 @@ def test_lines_match_rules():
     assert not lines_match("    0        1.06155", "    0        1.06157")
     assert not lines_match("0.02  0.1853", "0.02  0.1855")
     assert not lines_match("step 2", "step 3")  # few digits: exact
-    assert lines_match("9.62e-05", "9.63e-05") is False  # 3 digits: exact
+    assert not lines_match("9.62e-05", "9.63e-05")  # 3 significant digits: exact
     assert lines_match("9.621e-05", "9.622e-05")
     assert not lines_match("True", "False")
+
+
+SAMPLE = """# Title
+
+## 1. First
+
+```python
+x = 2
+print(x * 3)
+```
+
+```text
+6
+```
+
+Prose.
+
+```python
+y = x + 1
+```
+
+<!-- requires: cuda -->
+```python
+print("on the GPU")
+```
+
+```text
+on the GPU
+```
+
+## 2. Second
+
+```python
+print(y)
+```
+
+```bash
+echo not python
+```
+"""
+
+
+def test_parser_and_runner_on_a_sample():
+    guide = parse_guide(SAMPLE)
+    assert guide.chapters == ["1. First", "2. Second"]
+    assert [(b.chapter, b.line, b.expected, b.requires_cuda) for b in guide.blocks] == [
+        ("1. First", 6, "6\n", False), ("1. First", 17, None, False),
+        ("1. First", 22, "on the GPU\n", True), ("2. Second", 32, None, False)]
+    run_blocks(guide.blocks, cuda=False)
+    first, second, gpu, last = guide.blocks
+    assert output_mismatch(first.expected, first.output) is None
+    assert output_mismatch(second.expected, second.output) is None
+    assert not gpu.ran
+    # A block that prints what the guide does not show is caught.
+    assert "prints output but the guide shows none" in output_mismatch(last.expected, last.output)
+    # A failing block stops the run and keeps its traceback, with the guide's line number.
+    broken = parse_guide("## A\n\n```python\nundefined_name\n```\n\n```python\nprint(1)\n```\n")
+    run_blocks(broken.blocks, cuda=False)
+    assert "NameError" in broken.blocks[0].error and "line 4" in broken.blocks[0].error
+    assert not broken.blocks[1].ran
 
 
 # ---------------------------------------------------------------------------- tests
