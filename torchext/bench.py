@@ -1,0 +1,423 @@
+"""``python -m torchext bench``: torchext against stock torch, timed in the same process.
+
+Kinds of cell, each over network sizes (the seed network 20-30-30-40 up to GEMM-bound widths)
+and batch sizes:
+  linear  one Linear layer forward + backward (input gradient included): torch.nn.Linear eager
+          and under torch.compile, against torchext.nn.Linear
+  sgd     one SGD-with-momentum step over the network's parameters: torch.optim.SGD with
+          foreach=True and with fused=True, against torchext.optim.SGD
+  step    one whole training step (zero_grad, forward, MSE loss, backward, SGD step): the stock
+          loop with foreach and with fused SGD, torch.compile of the model, and on CUDA the
+          stock step captured as one CUDA graph; against torchext.Trainer.step
+  fit     one epoch of 32 steps on the seed network, at the first batch size: the stock loop
+          (foreach and fused SGD) against Trainer.fit
+Timing: a few warm-up calls, then each contender runs blocks of calls sized to a fixed time per
+block; blocks alternate between contenders (the starting contender rotates every round) so that
+drift in machine load hits all alike. A cell reports each contender's median seconds per call,
+its spread ((max - min) / median over rounds), and ratio = best stock median / torchext median
+(> 1: torchext is faster). CUDA timings use CUDA events. The machine, torch's thread count and
+the load average before and after are recorded with the results.
+"""
+
+import argparse
+import copy
+import datetime
+import itertools
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+import torchext
+
+from .bench_report import format_markdown, format_table, save_plot
+
+KINDS = ("linear", "sgd", "step", "fit")
+SEED_SIZES = [20, 30, 30, 40]
+FIT_STEPS = 32  # steps per timed epoch, so that every batch size is timed over the same count
+# Default matrices: widths of the square networks besides the seed network, and batch sizes.
+WIDTHS = {("cpu", True): [256], ("cpu", False): [256, 1024],
+          ("cuda", True): [1024], ("cuda", False): [1024, 4096]}
+BATCHES = {("cpu", True): [128, 1024], ("cpu", False): [128, 1024],
+           ("cuda", True): [128, 2048], ("cuda", False): [128, 2048, 8192]}
+LR, MOMENTUM = 1e-4, 0.9
+
+
+# ---------------------------------------------------------------------------- timing
+
+class Timer:
+    """Seconds per call of ``fn`` over a block of ``iters`` calls (CUDA events on the GPU)."""
+
+    def __init__(self, device):
+        self.cuda = device.startswith("cuda")
+
+    def __call__(self, fn, iters):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for _ in range(iters):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3 / iters
+        begin = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        return (time.perf_counter() - begin) / iters
+
+
+def measure(contenders, timer, rounds, block_s, warmup=3):
+    """{name: {"median_s", "spread", "iters"}} for each callable in ``contenders``."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    iters = {name: max(1, min(10_000, math.ceil(block_s / max(timer(fn, 1), 1e-9))))
+             for name, fn in contenders.items()}
+    names = list(contenders)
+    samples = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            samples[name].append(timer(contenders[name], iters[name]))
+    out = {}
+    for name, values in samples.items():
+        median = statistics.median(values)
+        out[name] = {"median_s": median, "spread": (max(values) - min(values)) / median,
+                     "iters": iters[name]}
+    return out
+
+
+# ---------------------------------------------------------------------------- contenders
+
+def _linear_contenders(sizes, batch, device, dtype, compile_):
+    in_f, out_f = sizes[0], sizes[1]
+    torch.manual_seed(0)
+    stock = torch.nn.Linear(in_f, out_f, device=device, dtype=dtype)
+    mine = torchext.nn.Linear(in_f, out_f, device=device, dtype=dtype)
+    mine.load_state_dict(stock.state_dict())
+    x = torch.randn(batch, in_f, device=device, dtype=dtype, requires_grad=True)
+    grad = torch.randn(batch, out_f, device=device, dtype=dtype)
+
+    def step_of(module):
+        def step():
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+            module(x).backward(grad)
+        return step
+
+    contenders = {"torch eager": step_of(stock)}
+    if compile_:
+        contenders["torch compile"] = step_of(torch.compile(copy.deepcopy(stock), dynamic=False))
+    contenders["torchext"] = step_of(mine)
+    return contenders
+
+
+def _sgd_contenders(sizes, device, dtype):
+    gen = torch.Generator().manual_seed(0)
+    shapes = [s for i, o in itertools.pairwise(sizes) for s in ((o, i), (o,))]
+    values = [torch.randn(s, generator=gen, dtype=dtype).to(device) for s in shapes]
+    grads = [torch.randn(s, generator=gen, dtype=dtype).to(device) * 1e-3 for s in shapes]
+
+    def params():
+        ps = [v.clone().requires_grad_() for v in values]
+        for p, g in zip(ps, grads):
+            p.grad = g.clone()
+        return ps
+
+    kw = {"lr": LR, "momentum": MOMENTUM}
+    return {"torch foreach": torch.optim.SGD(params(), foreach=True, **kw).step,
+            "torch fused": torch.optim.SGD(params(), fused=True, **kw).step,
+            "torchext": torchext.optim.SGD(params(), **kw).step}
+
+
+def _stock_pair(sizes, device, dtype):
+    """A stock Sequential and a torchext MLP holding the same initial weights."""
+    torch.manual_seed(0)
+    mine = torchext.nn.MLP(sizes, device=device, dtype=dtype)
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        layers.append(torch.nn.Linear(fan_in, fan_out, device=device, dtype=dtype))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    stock = torch.nn.Sequential(*layers)
+    stock.load_state_dict(mine.state_dict())
+    return stock, mine
+
+
+def _stock_step(model, optimizer, x, y):
+    def step():
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    return step
+
+
+def _cuda_graph_step(model, optimizer, x, y):
+    """The stock step captured whole as one CUDA graph (static inputs), returned as replay."""
+    static_x, static_y = x.clone(), y.clone()
+    # Warm-up on a side stream, as graph capture requires; it also creates the momentum
+    # buffers, so the captured step takes SGD's steady-state path.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            _stock_step(model, optimizer, static_x, static_y)()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)  # backward allocates the grads in the graph's pool
+    with torch.cuda.graph(graph):
+        torch.nn.functional.mse_loss(model(static_x), static_y).backward()
+        optimizer.step()
+    return graph.replay
+
+
+def _step_contenders(sizes, batch, device, dtype, compile_, notes):
+    stock, mine = _stock_pair(sizes, device, dtype)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, sizes[0], generator=gen, dtype=dtype).to(device)
+    y = torch.randn(batch, sizes[-1], generator=gen, dtype=dtype).to(device)
+    kw = {"lr": LR, "momentum": MOMENTUM}
+    contenders = {}
+    for variant in ("foreach", "fused"):
+        model = copy.deepcopy(stock)
+        optimizer = torch.optim.SGD(model.parameters(), **{variant: True}, **kw)
+        contenders[f"torch {variant}"] = _stock_step(model, optimizer, x, y)
+    if compile_:
+        model = copy.deepcopy(stock)
+        optimizer = torch.optim.SGD(model.parameters(), fused=True, **kw)
+        contenders["torch compile"] = _stock_step(torch.compile(model, dynamic=False), optimizer,
+                                                  x, y)
+    if device.startswith("cuda"):
+        model = copy.deepcopy(stock)
+        optimizer = torch.optim.SGD(model.parameters(), foreach=True, **kw)
+        try:
+            contenders["torch cuda graph"] = _cuda_graph_step(model, optimizer, x, y)
+        except Exception as exc:  # noqa: BLE001 - capture support varies with torch and driver
+            notes.append(f"cuda graph skipped for {sizes} b{batch}: {_first_line(exc)}")
+    trainer = torchext.Trainer(mine, torchext.optim.SGD(mine.parameters(), **kw), "mse")
+    contenders["torchext"] = lambda: trainer.step(x, y)
+    return contenders
+
+
+def _fit_contenders(sizes, batch, device, dtype):
+    stock, mine = _stock_pair(sizes, device, dtype)
+    gen = torch.Generator().manual_seed(1)
+    samples = FIT_STEPS * batch
+    x = torch.randn(samples, sizes[0], generator=gen, dtype=dtype).to(device)
+    y = torch.randn(samples, sizes[-1], generator=gen, dtype=dtype).to(device)
+    kw = {"lr": LR, "momentum": MOMENTUM}
+
+    def stock_epoch(variant):
+        model = copy.deepcopy(stock)
+        optimizer = torch.optim.SGD(model.parameters(), **{variant: True}, **kw)
+        order_gen = torch.Generator().manual_seed(0)
+
+        def epoch():
+            order = torch.randperm(samples, generator=order_gen).to(device)
+            for start in range(0, samples, batch):
+                index = order[start:start + batch]
+                _stock_step(model, optimizer, x[index], y[index])()
+        return epoch
+
+    trainer = torchext.Trainer(mine, torchext.optim.SGD(mine.parameters(), **kw), "mse")
+    fit_gen = torch.Generator().manual_seed(0)
+    return {"torch foreach": stock_epoch("foreach"), "torch fused": stock_epoch("fused"),
+            "torchext": lambda: trainer.fit(x, y, epochs=1, batch_size=batch,
+                                            generator=fit_gen, progress=False)}
+
+
+# ---------------------------------------------------------------------------- the matrix
+
+def cells(kinds, widths, batches):
+    """(kind, sizes, batch) of every cell; sgd cells do not depend on the batch."""
+    networks = [SEED_SIZES] + [[w] * 4 for w in widths]
+    out = []
+    for kind in kinds:
+        if kind == "fit":
+            out.append((kind, SEED_SIZES, batches[0]))
+        elif kind == "sgd":
+            out += [(kind, sizes, None) for sizes in networks]
+        else:
+            out += [(kind, sizes, b) for sizes in networks for b in batches]
+    return out
+
+
+def run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s, notes):
+    if compile_:
+        # Dynamo caches per code object (one Sequential.forward for every network) and stops
+        # compiling after a few recompiles; a reset gives each cell its own compiled code.
+        torch.compiler.reset()
+    if kind == "linear":
+        contenders = _linear_contenders(sizes, batch, device, dtype, compile_)
+    elif kind == "sgd":
+        contenders = _sgd_contenders(sizes, device, dtype)
+    elif kind == "step":
+        contenders = _step_contenders(sizes, batch, device, dtype, compile_, notes)
+    else:
+        contenders = _fit_contenders(sizes, batch, device, dtype)
+    if "torch compile" in contenders:
+        # Compiling happens at the first call; any failure drops only this contender.
+        try:
+            contenders["torch compile"]()
+        except Exception as exc:  # noqa: BLE001
+            notes.append(f"torch.compile skipped for {kind} {sizes} b{batch}: "
+                         f"{_first_line(exc)}")
+            del contenders["torch compile"]
+    times = measure(contenders, Timer(device), rounds, block_s)
+    stock = {name: t["median_s"] for name, t in times.items() if name != "torchext"}
+    best = min(stock, key=stock.get)
+    layer = sizes[:2] if kind == "linear" else sizes
+    params = sum(o * i + o for i, o in itertools.pairwise(layer))
+    return {"kind": kind, "network": _network_name(layer), "sizes": layer, "batch": batch,
+            "params": params, "times": times, "best_stock": best,
+            "ratio": stock[best] / times["torchext"]["median_s"]}
+
+
+def _network_name(sizes):
+    name = "-".join(map(str, sizes))
+    return f"seed {name}" if sizes in (SEED_SIZES, SEED_SIZES[:2]) else name
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def machine(device):
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torchext": torchext.__version__, "os": platform.platform()}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _load_average():
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):  # not on every platform
+        return None
+
+
+def _int_list(text):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _kinds(text):
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"unknown kind(s) {unknown or text!r}; choose from "
+                                         f"{', '.join(KINDS)}")
+    return kinds
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m torchext bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--quick", action="store_true",
+                        help="a smaller matrix, fewer rounds, no torch.compile (under a minute "
+                             "on a 2-core CPU)")
+    parser.add_argument("--kinds", type=_kinds, default=list(KINDS),
+                        help=f"comma-separated subset of {','.join(KINDS)} (default: all)")
+    parser.add_argument("--widths", type=_int_list,
+                        help="widths of the square 4-layer networks timed besides the seed "
+                             "network (default: 256,1024 on CPU, 1024,4096 on CUDA)")
+    parser.add_argument("--batch-sizes", type=_int_list, help="batch sizes (default per device)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds per cell (default 9; 3 "
+                                                   "with --quick)")
+    parser.add_argument("--block-ms", type=float,
+                        help="time per timed block of calls (default 100; 20 with --quick)")
+    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads before timing")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="write a PNG of ratio against size (needs matplotlib: pip install "
+                             "\"torchext[bench]\")")
+    return parser
+
+
+def run(args, argv):
+    """Times every cell; returns the JSON-ready report."""
+    device, dtype = args.device, getattr(torch, args.dtype)
+    key = ("cuda" if device.startswith("cuda") else "cpu", args.quick)
+    widths = WIDTHS[key] if args.widths is None else args.widths
+    batches = BATCHES[key] if args.batch_sizes is None else args.batch_sizes
+    rounds = args.rounds or (3 if args.quick else 9)
+    block_s = (args.block_ms or (20 if args.quick else 100)) / 1e3
+    compile_ = not (args.quick or args.no_compile)
+    notes = [] if compile_ else ["torch.compile left out (--quick or --no-compile)"]
+    load_before = _load_average()
+    todo = cells(args.kinds, widths, batches)
+    results = []
+    for i, (kind, sizes, batch) in enumerate(todo):
+        if sys.stderr.isatty():
+            print(f"\r[{i + 1}/{len(todo)}] {kind} {'-'.join(map(str, sizes))} b{batch}   ",
+                  end="", file=sys.stderr, flush=True)
+        results.append(run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s,
+                                notes))
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    if sys.stderr.isatty():
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    return {
+        "benchmark": "torchext vs stock torch", "command": " ".join(["python -m torchext bench",
+                                                                     *argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device, "dtype": args.dtype, "machine": machine(device),
+        "load_average": {"before": load_before, "after": _load_average()},
+        "settings": {"quick": args.quick, "rounds": rounds, "block_s": block_s,
+                     "compile": compile_, "lr": LR, "momentum": MOMENTUM},
+        "notes": notes, "results": results,
+    }
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.device == "cpu" or args.device.startswith("cuda")):
+        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda was asked for but torch sees no CUDA device")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("python -m torchext bench: error: --plot needs matplotlib: pip install "
+                  "\"torchext[bench]\"", file=sys.stderr)
+            return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run(args, argv)
+    if args.plot:
+        save_plot(args.plot, report)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif args.markdown:
+        print(format_markdown(report))
+    else:
+        print(format_table(report))
+    return 0
