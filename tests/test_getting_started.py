@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,13 +134,18 @@ def run_blocks(blocks: list[Block], cuda: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def guide_run():
+def guide_run(tmp_path_factory):
+    """The guide, run once; its temporary files go to pytest's folder, and the global RNG
+    state is restored afterwards so that the guide's seeding does not leak into other tests."""
     guide = parse_guide(GUIDE_TEXT)
-    cwd = os.getcwd()
+    cwd, rng, tempdir = os.getcwd(), torch.random.get_rng_state(), tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.mktemp("guide"))
     try:
         run_blocks(guide.blocks, torch.cuda.is_available())
     finally:
         os.chdir(cwd)
+        torch.random.set_rng_state(rng)
+        tempfile.tempdir = tempdir
     return guide
 
 
@@ -316,7 +322,7 @@ def test_chapter(guide_run, chapter):
 
 
 def test_example_script_runs_and_prints_the_guide(guide_run, tmp_path):
-    env = dict(os.environ, PYTHONHASHSEED="0")
+    env = dict(os.environ, TMPDIR=str(tmp_path))
     result = subprocess.run([sys.executable, str(EXAMPLE), "--out", str(tmp_path)], check=False,
                             capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
