@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -370,6 +371,12 @@ def run(args, argv):
     compile_ = not (args.quick or args.no_compile)
     notes = [] if compile_ else ["torch.compile left out (--quick or --no-compile)"]
     load_before = _load_average()
+    cores, threads = os.cpu_count() or 1, torch.get_num_threads()
+    if load_before and load_before[0] > cores and threads > 1 and not device.startswith("cuda"):
+        # Threads of one parallel region wait for each other when the cores are oversubscribed;
+        # small ops then take milliseconds and the numbers say more about the load than torch.
+        notes.append(f"load average {load_before[0]} exceeds the {cores} cores and torch uses "
+                     f"{threads} threads: timings are unreliable; --threads 1 is steadier")
     todo = cells(args.kinds, widths, batches)
     results = []
     for i, (kind, sizes, batch) in enumerate(todo):
@@ -383,8 +390,8 @@ def run(args, argv):
     if sys.stderr.isatty():
         print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
     return {
-        "benchmark": "torchext vs stock torch", "command": " ".join(["python -m torchext bench",
-                                                                     *argv]),
+        "benchmark": "torchext vs stock torch",
+        "command": shlex.join(["python", "-m", "torchext", "bench", *argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device, "dtype": args.dtype, "machine": machine(device),
         "load_average": {"before": load_before, "after": _load_average()},

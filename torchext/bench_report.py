@@ -44,7 +44,8 @@ def _header_lines(report):
     lines = [
         f"date: {report['date']}   command: {report['command']}",
         (f"machine: {device}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} "
-         f"threads), torchext {m['torchext']}, Python {m['python']}"),
+         f"thread{'s' if m['torch_threads'] != 1 else ''}), torchext {m['torchext']}, "
+         f"Python {m['python']}"),
         f"load average (1, 5, 15 min): before {load['before']}, after {load['after']}",
         (f"{report['dtype']} on {report['device']}; each cell: median per call over "
          f"{report['settings']['rounds']} alternating rounds, ± half the spread (max - min) "
