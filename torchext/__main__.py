@@ -212,7 +212,8 @@ def run_job(args):
 
     runs = {}
     for name, fit in (("torchext", fit_torchext), ("torch", fit_stock)):
-        callback, close = progress_bar(name, steps, not args.no_progress)
+        label = "torchext.Trainer" if name == "torchext" else "stock loop"
+        callback, close = progress_bar(label, steps, not args.no_progress)
         try:
             losses, seconds = timed(fit, torch.Generator().manual_seed(args.seed), callback,
                                     device=args.device)
@@ -251,8 +252,9 @@ def run_job(args):
 
 
 def print_report(report):
-    print(f"torchext {torchext.__version__} (torch {torch.__version__}, "
-          f"{report['torch_threads']} threads) on {report['device']}, {report['dtype']}; "
+    threads = report["torch_threads"]
+    print(f"torchext {torchext.__version__} (torch {torch.__version__}, {threads} "
+          f"thread{'s' if threads != 1 else ''}) on {report['device']}, {report['dtype']}; "
           f"Trainer backend: {report['torchext']['backend']}")
     print(f"data: {report['task']}: {report['samples']['train']} training / "
           f"{report['samples']['held_out']} held-out samples")
