@@ -1,6 +1,6 @@
 """docs/getting_started.md is executable: every code block runs and every shown output is checked.
 
-The guide's ```python blocks run in order, in one shared namespace, once per test session (the
+The guide's ```python blocks run in order, in one shared namespace, once per pytest run (the
 ``guide_run`` fixture). A ```text block right after a python block (blank lines between are
 allowed) is that block's expected output; a python block without one must print nothing, so the
 guide shows everything its code prints. Outputs are compared line by line, exactly, except that a
