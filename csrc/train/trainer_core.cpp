@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
+#include <c10/util/SmallVector.h>
 
 #include <chrono>
 #include <cmath>
@@ -240,7 +241,8 @@ struct TrainerCore::Impl {
         grads.push_back(ws.param_grads[i]);
       }
       std::vector<at::Tensor> buffers;
-      std::vector<bool> first;
+      // bool storage for ArrayRef<bool> (std::vector<bool> packs bits).
+      c10::SmallVector<bool, 16> first;
       if (group.options.momentum != 0) {
         if (group.momentum_buffers.empty()) group.momentum_buffers.resize(group.params.size());
         for (size_t j = 0; j < group.params.size(); ++j) {
@@ -250,15 +252,12 @@ struct TrainerCore::Impl {
           buffers.push_back(buf);
         }
       }
-      std::unique_ptr<bool[]> first_flags(new bool[first.size()]);
-      std::copy(first.begin(), first.end(), first_flags.get());
       {
         // Straight to the backend kernel: the dispatcher's boxed ADInplaceOrView
         // step costs more than the update itself at small sizes. Its one job,
         // bumping the version counters of what the step writes, is done below.
         at::AutoDispatchBelowADInplaceOrView direct;
-        fused_sgd_(params, grads, buffers, c10::ArrayRef<bool>(first_flags.get(), first.size()),
-                   group.lr, group.options);
+        fused_sgd_(params, grads, buffers, first, group.lr, group.options);
       }
       for (const at::Tensor& t : params) t.unsafeGetTensorImpl()->bump_version();
       for (const at::Tensor& t : buffers) t.unsafeGetTensorImpl()->bump_version();
