@@ -10,6 +10,8 @@
 #include <torchext/ops.h>
 #include <torchext/version.h>
 
+#include "bindings.h"
+
 #include <torch/csrc/utils/pybind.h>
 
 namespace py = pybind11;
@@ -29,4 +31,5 @@ PYBIND11_MODULE(_C, m) {
          const c10::optional<at::Tensor>& bias) { return torchext::linear(input, weight, bias); },
       py::arg("input"), py::arg("weight"), py::arg("bias") = py::none(),
       py::call_guard<py::gil_scoped_release>(), "torch.ops.torchext.linear, bound directly");
+  bind_optim(m);
 }
