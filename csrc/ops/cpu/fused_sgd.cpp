@@ -29,6 +29,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <vector>
 
 namespace torchext {
@@ -225,14 +227,19 @@ void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
   if (total < kParallelMin) {
     for (const Work& w : work) step(w, 0, w.numel);  // whole tensors, one pass each
   } else {
-    // Work items: kChunk elements of one tensor each.
+    // Work items: kChunk elements of one tensor each, handed out one at a time
+    // from a shared counter rather than in fixed per-thread ranges, so that a
+    // thread the OS runs late (a busy machine) takes fewer items instead of
+    // holding up the whole step.
     std::vector<std::pair<size_t, int64_t>> chunks;  // (tensor, first element)
     chunks.reserve(items);
     for (size_t t = 0; t < work.size(); ++t) {
       for (int64_t s = 0; s < work[t].numel; s += kChunk) chunks.emplace_back(t, s);
     }
-    at::parallel_for(0, items, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t k = lo; k < hi; ++k) {
+    std::atomic<int64_t> next{0};
+    const int64_t threads = std::min<int64_t>(at::get_num_threads(), items);
+    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+      for (int64_t k = next++; k < items; k = next++) {
         const auto [t, s] = chunks[k];
         step(work[t], s, std::min(work[t].numel, s + kChunk));
       }
