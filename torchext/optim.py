@@ -4,7 +4,12 @@ Numerically this is torch.optim.SGD (same order of operations, same ``state_dict
 error messages); the difference is how the step runs. torch's default path walks the parameters
 in Python (or issues several ``_foreach`` kernels per hyper-parameter), while this one reads each
 parameter, gradient and momentum buffer once and writes them once, in a single
-``torch.ops.torchext.fused_sgd_`` call per (device, dtype) bucket of each parameter group.
+``torchext.fused_sgd_`` call per (device, dtype) bucket of each parameter group.
+
+For small models the step is Python overhead, so the hot path is kept short: the op is called
+through its direct binding (see ``ops.fused_sgd_``), a group on one device and dtype skips the
+general grouping, and torch's step wrapper (hooks, profiler range, grad mode) is applied only
+when a hook is registered, a profiler runs or ``torch.compile`` traces the step.
 """
 
 from __future__ import annotations
