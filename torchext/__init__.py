@@ -63,5 +63,6 @@ def build_info():
 from . import ops  # noqa: E402  (registers fake kernels; needs _C loaded)
 from . import nn  # noqa: E402
 from . import optim  # noqa: E402
+from .trainer import Trainer  # noqa: E402
 
-__all__ = ["__version__", "build_info", "nn", "ops", "optim"]
+__all__ = ["__version__", "build_info", "nn", "ops", "optim", "Trainer"]

@@ -15,7 +15,7 @@ from torch.nn import Module, Parameter, init
 
 from .ops import linear
 
-__all__ = ["Linear"]
+__all__ = ["Linear", "MLP"]
 
 
 class Linear(Module):
@@ -71,3 +71,51 @@ class Linear(Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}"
         )
+
+
+# name -> activation module, for MLP and for recognising chains in torchext.Trainer.
+ACTIVATIONS = {
+    "identity": torch.nn.Identity,
+    "relu": torch.nn.ReLU,
+    "tanh": torch.nn.Tanh,
+    "sigmoid": torch.nn.Sigmoid,
+    "gelu": torch.nn.GELU,
+}
+
+
+class MLP(torch.nn.Sequential):
+    """A chain of :class:`Linear` layers with one activation between consecutive layers.
+
+    ``MLP([20, 30, 30, 40], activation="relu")`` is
+    ``Sequential(Linear(20, 30), ReLU(), Linear(30, 30), ReLU(), Linear(30, 40))``:
+    no activation after the last layer. Built from the same seed, it holds the
+    same parameters as that stock ``nn.Sequential`` (and its state_dict keys,
+    ``"0.weight"``, ``"2.weight"``, …, are the same). ``torchext.Trainer`` runs it
+    on its fused C++ core.
+
+    Args:
+        sizes: feature sizes, input first: at least two entries.
+        activation: ``"relu"``, ``"tanh"``, ``"sigmoid"``, ``"gelu"`` (exact, erf) or
+            ``"identity"`` (no activation modules).
+        bias, device, dtype: as for :class:`Linear`, applied to every layer.
+    """
+
+    def __init__(self, sizes, activation: str = "relu", bias: bool = True, device=None,
+                 dtype=None) -> None:
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2:
+            raise ValueError(f"MLP needs at least two sizes (input and output), got {sizes}")
+        if any(s < 0 for s in sizes):
+            raise ValueError(f"MLP sizes must be non-negative, got {sizes}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}"
+            )
+        layers = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(Linear(fan_in, fan_out, bias=bias, device=device, dtype=dtype))
+            if i < len(sizes) - 2 and activation != "identity":
+                layers.append(ACTIVATIONS[activation]())
+        super().__init__(*layers)
+        self.sizes = sizes
+        self.activation = activation

@@ -1,0 +1,43 @@
+// Fused CPU kernels of the training-loop core, over raw row-major buffers.
+//
+// Each function is one pass over its data: bias + activation after a GEMM;
+// loss value + loss gradient; activation gradient + bias gradient. The GEMMs go
+// straight to the BLAS torch links (MKL/OpenBLAS), skipping the per-call tensor
+// bookkeeping that dominates small layers.
+// Legend: B batch rows, I in features, O out features (row-major [B, O] etc.).
+#pragma once
+
+#include <torchext/trainer_core.h>
+
+#include <cstdint>
+
+namespace torchext::train::cpu {
+
+// C[m, n] = op(A)[m, k] · op(B)[k, n] (+ C if accumulate), row-major.
+template <typename T>
+void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const T* a,
+          int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc);
+
+// z[B, O] += bias (if non-null); out = act(z). `out` may alias `z` except for
+// GELU, whose backward needs z.
+template <typename T>
+void bias_activation(T* z, const T* bias, int64_t rows, int64_t cols, Activation act, T* out);
+
+// Mean squared error of out against target (n elements); writes dL/dout into
+// grad when non-null. Returns the loss.
+template <typename T>
+T mse_loss(const T* out, const T* target, int64_t n, T* grad);
+
+// Mean cross-entropy of logits [B, C] against class indices; writes dL/dlogits
+// into grad when non-null. Returns the loss.
+template <typename T>
+T cross_entropy_loss(const T* logits, const int64_t* target, int64_t rows, int64_t cols, T* grad);
+
+// grad [B, O]: dL/d(act output) in, dL/dz out (in place), given the layer's
+// pre-activation z and output a (either may be all that act needs). Also writes
+// the bias gradient Σ_B dL/dz into bias_grad when non-null.
+template <typename T>
+void activation_backward(T* grad, const T* z, const T* a, int64_t rows, int64_t cols,
+                         Activation act, T* bias_grad);
+
+}  // namespace torchext::train::cpu

@@ -1,0 +1,57 @@
+// Internal shapes of the training-loop core: the validated model and the
+// per-batch-size workspaces, shared by the two step implementations
+// (step_cpu.cpp: fused kernels on raw buffers; step_aten.cpp: ATen out= ops,
+// used on CUDA and as the reference on CPU).
+#pragma once
+
+#include <torchext/trainer_core.h>
+
+#include <ATen/ATen.h>
+
+#include <vector>
+
+namespace torchext::train {
+
+struct Model {
+  std::vector<DenseLayer> layers;
+  Loss loss = Loss::MSE;
+  at::ScalarType dtype = at::kFloat;
+  at::Device device = at::kCPU;
+  std::vector<at::Tensor> params;       // W0, b0, W1, b1, ... (absent biases skipped)
+  std::vector<int64_t> weight_param;    // per layer: index into params
+  std::vector<int64_t> bias_param;      // per layer: index into params, or -1
+
+  int64_t in_features() const { return layers.front().weight.size(1); }
+  int64_t out_features() const { return layers.back().weight.size(0); }
+  int64_t width(size_t layer) const { return layers[layer].weight.size(0); }
+};
+
+// Buffers for up to `capacity` rows; a step on B rows uses the first B.
+struct Workspace {
+  int64_t capacity = 0;
+  std::vector<at::Tensor> pre;          // z_l [cap, O_l]: kept apart from out only for GELU
+  std::vector<at::Tensor> out;          // a_l [cap, O_l]
+  std::vector<at::Tensor> grad;         // dL/da_l, turned into dL/dz_l in place [cap, O_l]
+  std::vector<at::Tensor> param_grads;  // one per Model::params
+  at::Tensor loss;                      // 0-dim, model dtype
+  at::Tensor log_probs;                 // [cap, C] for cross-entropy on the ATen path
+  at::Tensor nll_grad;                  // [cap, C] likewise
+  at::Tensor total_weight;              // 0-dim, nll_loss's bookkeeping
+  at::Tensor one;                       // 0-dim 1.0: the loss's incoming gradient
+
+  void ensure(const Model& model, int64_t rows);
+};
+
+// Forward (and, with backward, the loss gradient through every layer into
+// Workspace::param_grads). x [B, I] contiguous; y [B, O] (MSE) or [B] int64
+// (cross-entropy), contiguous. Writes the loss into Workspace::loss.
+void forward_backward_cpu(const Model& model, Workspace& ws, const at::Tensor& x,
+                          const at::Tensor& y, bool backward);
+void forward_backward_aten(const Model& model, Workspace& ws, const at::Tensor& x,
+                           const at::Tensor& y, bool backward);
+
+// Forward only; returns a view of the last layer's output rows.
+at::Tensor forward_cpu(const Model& model, Workspace& ws, const at::Tensor& x);
+at::Tensor forward_aten(const Model& model, Workspace& ws, const at::Tensor& x);
+
+}  // namespace torchext::train

@@ -1,0 +1,91 @@
+// The training step on the CPU: fused kernels over the workspaces' raw buffers.
+//
+// forward:  z_l = a_{l-1} · W_lᵀ (BLAS), then bias + activation in one pass
+// loss:     value and dL/da_L in one pass
+// backward: dL/dz_l and the bias gradient in one pass, then
+//           dW_l = dL/dz_lᵀ · a_{l-1} and dL/da_{l-1} = dL/dz_l · W_l (BLAS)
+// No tensor is allocated: everything lives in the Workspace.
+#include "train/cpu_kernels.h"
+#include "train/model.h"
+
+namespace torchext::train {
+namespace {
+
+template <typename T>
+T* ptr(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+const T* forward_layers(const Model& model, Workspace& ws, const T* x, int64_t rows) {
+  const T* input = x;
+  int64_t in = model.in_features();
+  for (size_t l = 0; l < model.layers.size(); ++l) {
+    const DenseLayer& layer = model.layers[l];
+    const int64_t out = model.width(l);
+    T* a = ptr<T>(ws.out[l]);
+    T* z = ws.pre[l].defined() ? ptr<T>(ws.pre[l]) : a;
+    cpu::gemm<T>(false, true, rows, out, in, input, in, ptr<T>(layer.weight), in, z, out);
+    cpu::bias_activation<T>(z, ptr<T>(layer.bias), rows, out, layer.activation, a);
+    input = a;
+    in = out;
+  }
+  return input;
+}
+
+template <typename T>
+void forward_backward(const Model& model, Workspace& ws, const at::Tensor& x, const at::Tensor& y,
+                      bool backward) {
+  const int64_t rows = x.size(0);
+  const size_t depth = model.layers.size();
+  const T* output = forward_layers<T>(model, ws, ptr<T>(x), rows);
+
+  T* grad_out = backward ? ptr<T>(ws.grad[depth - 1]) : nullptr;
+  const T loss = model.loss == Loss::MSE
+                     ? cpu::mse_loss<T>(output, ptr<T>(y), rows * model.out_features(), grad_out)
+                     : cpu::cross_entropy_loss<T>(output, y.data_ptr<int64_t>(), rows,
+                                                  model.out_features(), grad_out);
+  *ptr<T>(ws.loss) = loss;
+  if (!backward) return;
+
+  for (size_t l = depth; l-- > 0;) {
+    const DenseLayer& layer = model.layers[l];
+    const int64_t out = model.width(l), in = layer.weight.size(1);
+    T* grad = ptr<T>(ws.grad[l]);
+    const T* a = ptr<T>(ws.out[l]);
+    const T* z = ws.pre[l].defined() ? ptr<T>(ws.pre[l]) : a;
+    T* bias_grad = model.bias_param[l] >= 0 ? ptr<T>(ws.param_grads[model.bias_param[l]]) : nullptr;
+    cpu::activation_backward<T>(grad, z, a, rows, out, layer.activation, bias_grad);
+
+    const T* input = l == 0 ? ptr<T>(x) : ptr<T>(ws.out[l - 1]);
+    T* weight_grad = ptr<T>(ws.param_grads[model.weight_param[l]]);
+    cpu::gemm<T>(true, false, out, in, rows, grad, out, input, in, weight_grad, in);
+    if (l > 0) {
+      cpu::gemm<T>(false, false, rows, in, out, grad, out, ptr<T>(layer.weight), in,
+                   ptr<T>(ws.grad[l - 1]), in);
+    }
+  }
+}
+
+}  // namespace
+
+void forward_backward_cpu(const Model& model, Workspace& ws, const at::Tensor& x,
+                          const at::Tensor& y, bool backward) {
+  if (model.dtype == at::kDouble) {
+    forward_backward<double>(model, ws, x, y, backward);
+  } else {
+    forward_backward<float>(model, ws, x, y, backward);
+  }
+}
+
+at::Tensor forward_cpu(const Model& model, Workspace& ws, const at::Tensor& x) {
+  const int64_t rows = x.size(0);
+  if (model.dtype == at::kDouble) {
+    forward_layers<double>(model, ws, ptr<double>(x), rows);
+  } else {
+    forward_layers<float>(model, ws, ptr<float>(x), rows);
+  }
+  return ws.out.back().narrow(0, 0, rows);
+}
+
+}  // namespace torchext::train
