@@ -1,7 +1,7 @@
 // CPU kernel of torchext::fused_sgd_: one read-modify-write pass over each
 // (param, grad, momentum buffer) triple, in place, with no allocation for dense
 // tensors. Small steps run whole tensors on the calling thread; large ones are
-// split into chunks that at::parallel_for spreads over threads.
+// split into chunks that torch's intra-op thread count of threads share.
 //
 // float32/float64 run the AVX2+FMA spans of fused_sgd_avx2.cpp where the CPU has
 // them; everything else runs the portable spans below (at::vec, which in this
@@ -31,6 +31,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
+#include <thread>
 #include <vector>
 
 namespace torchext {
@@ -170,6 +172,32 @@ SpanFn span_function(at::ScalarType dtype) {
   return fn;
 }
 
+// Runs item(0 .. items) on the calling thread and at::get_num_threads() - 1
+// helpers. The extension is built without OpenMP flags, so at::parallel_for
+// (inline, OpenMP pragmas) runs serially in this file; at::launch is torch's
+// exported entry into its inter-op thread pool. Items are handed out one at a
+// time from a shared counter, so a helper that starts late (a busy pool or
+// machine) takes fewer of them, and one that starts after the last item was
+// claimed returns without touching the caller's data. The caller waits only
+// for claimed items, so it never waits on a helper that has not started.
+template <typename F>
+void run_in_parallel(int64_t items, const F& item) {
+  struct Counters {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto counters = std::make_shared<Counters>();
+  auto drain = [counters, items, &item] {
+    for (int64_t k = counters->next++; k < items; k = counters->next++) {
+      item(k);
+      counters->done++;
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(at::get_num_threads(), items) - 1;
+  for (int64_t h = 0; h < helpers; ++h) at::launch(drain);
+  drain();
+  while (counters->done.load() < items) std::this_thread::yield();
+}
+
 // One tensor triple as the span functions see it: the tensors' own memory when
 // they share one dense layout (elements are data_ptr()[0 .. numel) in storage
 // order), otherwise that of contiguous copies, written back afterwards.
@@ -227,22 +255,15 @@ void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
   if (total < kParallelMin) {
     for (const Work& w : work) step(w, 0, w.numel);  // whole tensors, one pass each
   } else {
-    // Work items: kChunk elements of one tensor each, handed out one at a time
-    // from a shared counter rather than in fixed per-thread ranges, so that a
-    // thread the OS runs late (a busy machine) takes fewer items instead of
-    // holding up the whole step.
+    // Work items: kChunk elements of one tensor each.
     std::vector<std::pair<size_t, int64_t>> chunks;  // (tensor, first element)
     chunks.reserve(items);
     for (size_t t = 0; t < work.size(); ++t) {
       for (int64_t s = 0; s < work[t].numel; s += kChunk) chunks.emplace_back(t, s);
     }
-    std::atomic<int64_t> next{0};
-    const int64_t threads = std::min<int64_t>(at::get_num_threads(), items);
-    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-      for (int64_t k = next++; k < items; k = next++) {
-        const auto [t, s] = chunks[k];
-        step(work[t], s, std::min(work[t].numel, s + kChunk));
-      }
+    run_in_parallel(items, [&](int64_t k) {
+      const auto [t, s] = chunks[k];
+      step(work[t], s, std::min(work[t].numel, s + kChunk));
     });
   }
 
