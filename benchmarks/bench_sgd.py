@@ -7,9 +7,12 @@ All three run SGD with momentum 0.9 on identical parameters and fixed gradients:
 Timing: warm-up steps, then many repetitions of a block of steps, interleaved between the
 optimizers; the median per-step time is reported (CUDA events on the GPU). A step is
 bandwidth-bound, so large configs also report the achieved bandwidth, counting 5 x 4 bytes per
-parameter (read p, g, buf; write p, buf), next to a device copy (`torch.empty_like(x).copy_(x)`,
-2 x 4 bytes per element) of the same size measured in the same run.
-Ratios are stock_time / torchext_time: above 1 means torchext is faster.
+parameter (read p, g, buf; write p, buf), next to a device copy (`y.copy_(x)` into a preallocated
+`y`, 2 x 4 bytes per element; a fresh `y` would time the page faults of its allocation on the CPU)
+of the same size measured in the same run.
+Ratios are stock_time / torchext_time: above 1 means torchext is faster. The 1-minute load
+average before and after the run is printed with the machine: on a shared machine, compare only
+runs made at a similar load, and repeat them.
 
     python benchmarks/bench_sgd.py [--device cpu|cuda] [--quick] [--json]
 """
@@ -121,7 +124,7 @@ def run(device, quick):
         big = numel >= 1_000_000
         if big:
             x = torch.randn(numel, device=device)
-            fns["copy"] = lambda x=x: torch.empty_like(x).copy_(x)
+            fns["copy"] = lambda x=x, y=torch.empty_like(x): y.copy_(x)
         times = median_step(fns, timer, numel, quick)
         row = {
             "config": name,
@@ -191,7 +194,9 @@ def main():
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     info = machine(args.device)
+    info["load_before"] = f"{os.getloadavg()[0]:.2f}"
     rows = run(args.device, args.quick)
+    info["load_after"] = f"{os.getloadavg()[0]:.2f}"
     if args.json:
         print(json.dumps({"machine": info, "results": rows}, indent=2))
     else:

@@ -3,8 +3,12 @@
 The reference is torch.optim.sgd._single_tensor_sgd (the per-tensor loop torch.optim.SGD runs on
 the CPU) applied to clones in the same test. Also: opcheck, every bad call (a clear error and
 untouched tensors), GradScaler's grad_scale/found_inf, non-contiguous and zero-size tensors,
-reduced precision.
+reduced precision; the direct binding against torch.ops; the portable CPU spans.
 """
+
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -307,3 +311,31 @@ def test_bumps_versions_like_inplace_ops(device):
         ops.fused_sgd_([param], [torch.ones(3, device=device)], [], [], **dict(HYPER, momentum=0.0))
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_direct_binding_matches_torch_ops():
+    # ops.fused_sgd_ takes the pybind binding for plain tensors; torch.ops must give the same bits.
+    params, grads, bufs = make(SHAPES, torch.float32, "cpu")
+    twin = [clones(ts) for ts in (params, grads, bufs)]
+    hyper = dict(HYPER, weight_decay=1e-2, nesterov=True)
+    first = [True, False, True, False]
+    scale = {"grad_scale": torch.tensor(2.0), "found_inf": torch.zeros(())}
+    run_op(params, grads, bufs, first, hyper, **scale)
+    torch.ops.torchext.fused_sgd_(*twin, first, **hyper, **scale)
+    for a, b in zip(params + grads + bufs, sum(twin, [])):
+        assert torch.equal(a, b)
+
+
+def test_portable_cpu_kernel(tmp_path):
+    # ATEN_CPU_CAPABILITY=default makes the CPU kernel use its portable spans instead of the
+    # AVX2+FMA ones, as it makes torch use its default kernels: run the parity tests that way.
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    tests = "matches_torch or reduced_precision or chunks or non_contiguous or grad_scale"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", tests],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

@@ -12,6 +12,7 @@ import re
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import torchext
 
@@ -276,6 +277,39 @@ def test_hooks_closure_and_zero_grad_to_zero():
     ours.step()  # zero gradients: momentum still moves the parameters
     stock.step()
     assert_same(ours, stock, params, stock_params, torch.float64)
+
+
+def test_hooks_run_once_from_every_kind_of_step():
+    # step() skips torch's hook wrapper when nothing is registered, and must still run every hook
+    # exactly once: its own, global ones, and for a subclass whose step calls super().step().
+    class Sub(torchext.optim.SGD):
+        def step(self, closure=None):
+            return super().step(closure)
+
+    params = make_params()
+    set_grads(0, params)
+    for cls in (torchext.optim.SGD, Sub):
+        opt = cls(params, lr=0.01, momentum=0.9)
+        calls = []
+        opt.register_step_pre_hook(lambda *args: calls.append("pre"))
+        handle = register_optimizer_step_post_hook(
+            lambda *args: calls.append("global post")
+        )
+        try:
+            opt.step()
+        finally:
+            handle.remove()
+        opt.step()
+        assert calls == ["pre", "global post", "pre"]
+
+
+def test_profiler_sees_the_step():
+    params = make_params()
+    set_grads(0, params)
+    opt = torchext.optim.SGD(params, lr=0.01, momentum=0.9)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert "Optimizer.step#SGD.step" in {e.name for e in prof.events()}
 
 
 def test_complex_params():

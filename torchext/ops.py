@@ -16,6 +16,9 @@ _linear = torch.ops.torchext.linear.default
 _linear_backward = torch.ops.torchext.linear_backward.default
 _fused_sgd = torch.ops.torchext.fused_sgd_.default
 _fused_sgd_tensor_lr = torch.ops.torchext.fused_sgd_.tensor_lr
+# True when an argument (a tensor or a sequence of them) is a tensor subclass with its own
+# __torch_function__, or a __torch_function__ mode is active: one C call per argument.
+_has_torch_function = torch._C._has_torch_function
 
 
 def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -60,9 +63,28 @@ def fused_sgd_(
 ) -> None:
     """One in-place SGD step over many tensors (see csrc/torchext/ops.h for the contract).
 
-    ``lr`` is a float, or a one-element tensor that the kernel reads where it lives.
+    ``lr`` is a float, or a one-element tensor that the kernel reads where it lives. Plain
+    tensors and Parameters take the direct bindings (``_C.fused_sgd_``), several microseconds
+    cheaper per call than ``torch.ops``; as for :func:`linear`, ``torch.ops`` is kept under
+    ``torch.compile`` and wherever tensor subclasses or ``__torch_function__`` modes must see the
+    call.
     """
-    op = _fused_sgd_tensor_lr if isinstance(lr, Tensor) else _fused_sgd
+    tensor_lr = isinstance(lr, Tensor)
+    if (
+        not torch.compiler.is_compiling()
+        and not _has_torch_function(params)
+        and not _has_torch_function(grads)
+        and not _has_torch_function(momentum_buffers)
+        and not (tensor_lr and _has_torch_function((lr,)))
+        and not _has_torch_function((grad_scale, found_inf))
+    ):
+        direct = _C.fused_sgd_tensor_lr_ if tensor_lr else _C.fused_sgd_
+        direct(
+            params, grads, momentum_buffers, is_first_step, lr, momentum, dampening,
+            weight_decay, nesterov, maximize, grad_scale, found_inf,
+        )
+        return
+    op = _fused_sgd_tensor_lr if tensor_lr else _fused_sgd
     op(
         params,
         grads,

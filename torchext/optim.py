@@ -4,7 +4,12 @@ Numerically this is torch.optim.SGD (same order of operations, same ``state_dict
 error messages); the difference is how the step runs. torch's default path walks the parameters
 in Python (or issues several ``_foreach`` kernels per hyper-parameter), while this one reads each
 parameter, gradient and momentum buffer once and writes them once, in a single
-``torch.ops.torchext.fused_sgd_`` call per (device, dtype) bucket of each parameter group.
+``torchext.fused_sgd_`` call per (device, dtype) bucket of each parameter group.
+
+For small models the step is Python overhead, so the hot path is kept short: the op is called
+through its direct binding (see ``ops.fused_sgd_``), a group on one device and dtype skips the
+general grouping, and torch's step wrapper (hooks, profiler range, grad mode) is applied only
+when a hook is registered, a profiler runs or ``torch.compile`` traces the step.
 """
 
 from __future__ import annotations
@@ -13,20 +18,35 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, _use_grad_for_differentiable
+from torch.optim.optimizer import (
+    Optimizer,
+    _global_optimizer_post_hooks,
+    _global_optimizer_pre_hooks,
+    _use_grad_for_differentiable,
+)
 
 from . import ops
 
 __all__ = ["SGD"]
 
 
-def _per_device(t: Tensor | None, cache: dict[torch.device, Tensor], device: torch.device):
+def _per_device(t: Tensor | None, moved: dict, name: str, device: torch.device):
     """``t`` on ``device``, moved once per step (GradScaler keeps its tensors on one device)."""
     if t is None:
         return None
+    cache = moved.setdefault(name, {})
     if device not in cache:
         cache[device] = t.to(device)
     return cache[device]
+
+
+def _real(t: Tensor) -> Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def _select(items: list, indices) -> list:
+    """``items`` at ``indices``; ``items`` itself when the indices are all of them, in order."""
+    return items if len(indices) == len(items) else [items[i] for i in indices]
 
 
 class SGD(Optimizer):
@@ -131,9 +151,15 @@ class SGD(Optimizer):
         if any(is_first_step):
             buffers = [torch.empty_like(p) if b is None else b for p, b in zip(params, buffers)]
         lists = [params, grads] + ([buffers] if momentum != 0 else [])
-        if any(p.is_complex() for p in params):  # stepped as (..., 2) real views, as torch does
-            lists = [[torch.view_as_real(t) if t.is_complex() else t for t in ts] for ts in lists]
-        buckets = Optimizer._group_tensors_by_device_and_dtype(lists, with_indices=True)
+        kinds = {(p.device, p.dtype) for p in params}
+        if len(kinds) == 1 and not params[0].is_complex() and not torch.compiler.is_compiling():
+            # The usual case, one bucket: skip the general grouping (several microseconds).
+            ((device, _),) = kinds
+            buckets = {(device, None): (lists, range(len(params)))}
+        else:
+            if any(p.is_complex() for p in params):  # stepped as (..., 2) real views, as torch
+                lists = [[_real(t) for t in ts] for ts in lists]
+            buckets = Optimizer._group_tensors_by_device_and_dtype(lists, with_indices=True)
         lr = group["lr"]
         weight_decay = group["weight_decay"]
         if isinstance(weight_decay, Tensor):
@@ -141,20 +167,20 @@ class SGD(Optimizer):
         for (device, _), (tensors, indices) in buckets.items():
             bucket_lr = lr
             if isinstance(lr, Tensor) and lr.device != device and lr.device.type != "cpu":
-                bucket_lr = _per_device(lr, moved.setdefault("lr", {}), device)
+                bucket_lr = _per_device(lr, moved, "lr", device)
             ops.fused_sgd_(
                 tensors[0],
                 tensors[1],
                 tensors[2] if momentum != 0 else [],
-                [is_first_step[i] for i in indices] if momentum != 0 else [],
+                _select(is_first_step, indices) if momentum != 0 else [],
                 lr=bucket_lr,
                 momentum=momentum,
                 dampening=group["dampening"],
                 weight_decay=weight_decay,
                 nesterov=group["nesterov"],
                 maximize=group["maximize"],
-                grad_scale=_per_device(grad_scale, moved.setdefault("grad_scale", {}), device),
-                found_inf=_per_device(found_inf, moved.setdefault("found_inf", {}), device),
+                grad_scale=_per_device(grad_scale, moved, "grad_scale", device),
+                found_inf=_per_device(found_inf, moved, "found_inf", device),
             )
         if momentum != 0:
             # Only now, after the kernels accepted the call, do new buffers enter the state.
@@ -162,7 +188,6 @@ class SGD(Optimizer):
                 if first:
                     self.state[p]["momentum_buffer"] = b
 
-    @_use_grad_for_differentiable
     def step(self, closure=None):
         """Perform a single optimization step.
 
@@ -170,6 +195,34 @@ class SGD(Optimizer):
             closure (Callable, optional): A closure that reevaluates the model
                 and returns the loss.
         """
+        if type(self).step is not SGD.step:
+            # Called from a subclass's step, which Optimizer wrapped with the hooks.
+            return self._step_without_grad(closure)
+        if (
+            self._optimizer_step_pre_hooks
+            or self._optimizer_step_post_hooks
+            or _global_optimizer_pre_hooks
+            or _global_optimizer_post_hooks
+            or torch.compiler.is_compiling()
+            or torch.autograd._profiler_enabled()
+        ):
+            return self._step_with_hooks(closure)
+        # Nothing to run around the step: skip the wrappers (tens of microseconds, more than the
+        # step of a small network), keeping their effect on grad mode.
+        grad_enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            loss = self._step(closure)
+        finally:
+            torch._C._set_grad_enabled(grad_enabled)
+        self._optimizer_step_code()
+        return loss
+
+    # Optimizer wraps a class's step with its hook and profiler wrapper unless `hooked` is set;
+    # this step applies that wrapper itself, and only when there is something for it to do.
+    step.hooked = True
+
+    def _step(self, closure):
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -201,3 +254,6 @@ class SGD(Optimizer):
             if params:
                 self._step_group(group, params, grads, buffers, grad_scale, found_inf, moved)
         return loss
+
+    _step_without_grad = _use_grad_for_differentiable(_step)
+    _step_with_hooks = Optimizer.profile_hook_step(_step_without_grad)

@@ -14,6 +14,8 @@
 #include <torchext/trainer_core.h>
 #include <torchext/version.h>
 
+#include "bindings.h"
+
 #include <torch/csrc/utils/pybind.h>
 
 #include <tuple>
@@ -132,4 +134,5 @@ PYBIND11_MODULE(_C, m) {
            py::call_guard<py::gil_scoped_release>())
       .def("use_reference_kernels", &torchext::TrainerCore::use_reference_kernels,
            py::arg("enabled"));
+  bind_optim(m);
 }

@@ -1,6 +1,11 @@
 // CPU kernel of torchext::fused_sgd_: one read-modify-write pass over each
-// (param, grad, momentum buffer) triple, vectorised with at::vec and split into
-// chunks that at::parallel_for spreads over threads.
+// (param, grad, momentum buffer) triple, in place, with no allocation for dense
+// tensors. Small steps run whole tensors on the calling thread; large ones are
+// split into chunks that torch's intra-op thread count of threads share.
+//
+// float32/float64 run the AVX2+FMA spans of fused_sgd_avx2.cpp where the CPU has
+// them; everything else runs the portable spans below (at::vec, which in this
+// build is its generic implementation since the extension has no ISA flags).
 //
 // This file is also the reference for csrc/ops/cuda/fused_sgd.cu: `sgd_update`
 // below is the order of operations of torch.optim.SGD (_single_tensor_sgd),
@@ -14,14 +19,20 @@
 // float32/float64 compute in their own precision with the hyper-parameters cast to
 // it (as torch's ops cast `alpha`); float16/bfloat16 compute in float32.
 #include "../fused_sgd_checks.h"
+#include "fused_sgd_kernel.h"
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <thread>
 #include <vector>
 
 namespace torchext {
@@ -35,28 +46,8 @@ constexpr int64_t kChunk = 32768;
 // Below this many elements in total the step runs on the calling thread.
 constexpr int64_t kParallelMin = 65536;
 
-// Hyper-parameters of one call, cast to the math type T of a tensor.
-template <typename T>
-struct Coeffs {
-  T neg_lr, momentum, one_minus_dampening, weight_decay, grad_scale;
-  bool has_buf, nesterov, maximize, has_scale, has_weight_decay;
-};
-
-struct StepArgs {
-  double lr, momentum, dampening, weight_decay;
-  bool nesterov, maximize;
-  bool has_scale;
-  float grad_scale;
-
-  template <typename T>
-  Coeffs<T> coeffs() const {
-    return {static_cast<T>(-lr),           static_cast<T>(momentum),
-            static_cast<T>(1 - dampening), static_cast<T>(weight_decay),
-            static_cast<T>(grad_scale),    momentum != 0,
-            nesterov,                      maximize,
-            has_scale,                     weight_decay != 0};
-  }
-};
+using fused_sgd::Coeffs;
+using fused_sgd::StepArgs;
 
 // The element-wise helpers are forced inline: left to itself the compiler calls
 // them (and at::vec's generic operators) once per vector, several times slower.
@@ -133,11 +124,89 @@ void sgd_span(scalar_t* p, scalar_t* g, scalar_t* b, int64_t n, bool first_step,
   }
 }
 
-// The memory one tensor triple is stepped in: the tensors themselves when they
-// share one dense layout, otherwise contiguous copies written back afterwards.
+// ---------------------------------------------------------------------------
+// Choosing the span function and splitting the work.
+
+// A span function stepping n elements of one dtype, behind untyped pointers so
+// that the dtype is dispatched once per tensor rather than once per chunk.
+using SpanFn = void (*)(void* p, void* g, void* b, int64_t n, bool first_step,
+                        const StepArgs& args);
+
+template <typename scalar_t>
+void portable_span(void* p, void* g, void* b, int64_t n, bool first_step, const StepArgs& args) {
+  sgd_span<scalar_t>(static_cast<scalar_t*>(p), static_cast<scalar_t*>(g),
+                     static_cast<scalar_t*>(b), n, first_step, args);
+}
+
+#if TORCHEXT_SGD_AVX2
+template <typename scalar_t>
+void avx2_span(void* p, void* g, void* b, int64_t n, bool first_step, const StepArgs& args) {
+  fused_sgd::sgd_span_avx2(static_cast<scalar_t*>(p), static_cast<scalar_t*>(g),
+                           static_cast<scalar_t*>(b), n, first_step, args);
+}
+#endif
+
+// The AVX2+FMA spans run where torch itself would run its AVX2 (or AVX-512)
+// kernels: the CPU has both extensions and ATEN_CPU_CAPABILITY does not ask for
+// the default kernels (which also lets tests cover the portable spans).
+bool use_avx2_fma() {
+#if TORCHEXT_SGD_AVX2
+  static const bool use = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          at::get_cpu_capability() != "DEFAULT";
+  return use;
+#else
+  return false;
+#endif
+}
+
+SpanFn span_function(at::ScalarType dtype) {
+#if TORCHEXT_SGD_AVX2
+  if (use_avx2_fma()) {
+    if (dtype == at::kFloat) return &avx2_span<float>;
+    if (dtype == at::kDouble) return &avx2_span<double>;
+  }
+#endif
+  SpanFn fn = nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_sgd_",
+                                  [&] { fn = &portable_span<scalar_t>; });
+  return fn;
+}
+
+// Runs item(0 .. items) on the calling thread and at::get_num_threads() - 1
+// helpers. The extension is built without OpenMP flags, so at::parallel_for
+// (inline, OpenMP pragmas) runs serially in this file; at::launch is torch's
+// exported entry into its inter-op thread pool. Items are handed out one at a
+// time from a shared counter, so a helper that starts late (a busy pool or
+// machine) takes fewer of them, and one that starts after the last item was
+// claimed returns without touching the caller's data. The caller waits only
+// for claimed items, so it never waits on a helper that has not started.
+template <typename F>
+void run_in_parallel(int64_t items, const F& item) {
+  struct Counters {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto counters = std::make_shared<Counters>();
+  auto drain = [counters, items, &item] {
+    for (int64_t k = counters->next++; k < items; k = counters->next++) {
+      item(k);
+      counters->done++;
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(at::get_num_threads(), items) - 1;
+  for (int64_t h = 0; h < helpers; ++h) at::launch(drain);
+  drain();
+  while (counters->done.load() < items) std::this_thread::yield();
+}
+
+// One tensor triple as the span functions see it: the tensors' own memory when
+// they share one dense layout (elements are data_ptr()[0 .. numel) in storage
+// order), otherwise that of contiguous copies, written back afterwards.
 struct Work {
-  at::Tensor p, g, b;
+  char *p, *g, *b;
+  int64_t numel, elem_size;
   bool first_step;
+  SpanFn fn;
+  at::Tensor p_copy, g_copy, b_copy;  // defined only for stepping in copies
 };
 
 bool same_dense_layout(const at::Tensor& p, const at::Tensor& t) {
@@ -150,50 +219,52 @@ void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
   const bool has_buf = !momentum_buffers.empty();
   std::vector<Work> work;
   work.reserve(params.size());
+  int64_t total = 0, items = 0;
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
-    if (p.numel() == 0) continue;
+    const int64_t n = p.numel();
+    if (n == 0) continue;
+    const at::Tensor& g = grads[i];
     at::Tensor b = has_buf ? momentum_buffers[i] : at::Tensor();
-    const bool first = has_buf && is_first_step.get(i);
-    if (p.is_non_overlapping_and_dense() && same_dense_layout(p, grads[i]) &&
-        same_dense_layout(p, b)) {
-      work.push_back({p, grads[i], b, first});
+    Work w{nullptr, nullptr, nullptr, n, static_cast<int64_t>(p.element_size()),
+           has_buf && is_first_step.get(i), span_function(p.scalar_type())};
+    if (p.is_non_overlapping_and_dense() && same_dense_layout(p, g) && same_dense_layout(p, b)) {
+      w.p = static_cast<char*>(p.data_ptr());
+      w.g = static_cast<char*>(g.data_ptr());
+      w.b = has_buf ? static_cast<char*>(b.data_ptr()) : nullptr;
     } else {
-      work.push_back({p.contiguous(), grads[i].contiguous(),
-                      has_buf ? b.contiguous() : at::Tensor(), first});
+      w.p_copy = p.contiguous();
+      w.g_copy = g.contiguous();
+      w.p = static_cast<char*>(w.p_copy.data_ptr());
+      w.g = static_cast<char*>(w.g_copy.data_ptr());
+      if (has_buf) {
+        w.b_copy = b.contiguous();
+        w.b = static_cast<char*>(w.b_copy.data_ptr());
+      }
     }
+    total += n;
+    items += (n + kChunk - 1) / kChunk;
+    work.push_back(std::move(w));
   }
 
-  // Work items: (tensor, first element, end element), kChunk elements each.
-  struct Item {
-    size_t tensor;
-    int64_t begin, end;
-  };
-  std::vector<Item> items;
-  int64_t total = 0;
-  for (size_t t = 0; t < work.size(); ++t) {
-    const int64_t n = work[t].p.numel();
-    total += n;
-    for (int64_t s = 0; s < n; s += kChunk) items.push_back({t, s, std::min(n, s + kChunk)});
-  }
-  auto run = [&](int64_t lo, int64_t hi) {
-    for (int64_t k = lo; k < hi; ++k) {
-      const Item& it = items[k];
-      const Work& w = work[it.tensor];
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.p.scalar_type(), "fused_sgd_",
-                                      [&] {
-        // Dense tensors: the elements are data_ptr()[0 .. numel) in storage order.
-        scalar_t* b = w.b.defined() ? w.b.data_ptr<scalar_t>() + it.begin : nullptr;
-        sgd_span<scalar_t>(w.p.data_ptr<scalar_t>() + it.begin,
-                           w.g.data_ptr<scalar_t>() + it.begin, b, it.end - it.begin,
-                           w.first_step, args);
-      });
-    }
+  auto step = [&](const Work& w, int64_t begin, int64_t end) {
+    const int64_t offset = begin * w.elem_size;
+    w.fn(w.p + offset, w.g + offset, w.b != nullptr ? w.b + offset : nullptr, end - begin,
+         w.first_step, args);
   };
   if (total < kParallelMin) {
-    run(0, static_cast<int64_t>(items.size()));
+    for (const Work& w : work) step(w, 0, w.numel);  // whole tensors, one pass each
   } else {
-    at::parallel_for(0, static_cast<int64_t>(items.size()), 1, run);
+    // Work items: kChunk elements of one tensor each.
+    std::vector<std::pair<size_t, int64_t>> chunks;  // (tensor, first element)
+    chunks.reserve(items);
+    for (size_t t = 0; t < work.size(); ++t) {
+      for (int64_t s = 0; s < work[t].numel; s += kChunk) chunks.emplace_back(t, s);
+    }
+    run_in_parallel(items, [&](int64_t k) {
+      const auto [t, s] = chunks[k];
+      step(work[t], s, std::min(work[t].numel, s + kChunk));
+    });
   }
 
   // Write back what was stepped in a copy.
@@ -201,9 +272,10 @@ void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
   for (size_t i = 0; i < params.size(); ++i) {
     if (params[i].numel() == 0) continue;
     const Work& w = work[t++];
-    if (!w.p.is_same(params[i])) params[i].copy_(w.p);
-    if (has_buf && !w.b.is_same(momentum_buffers[i])) momentum_buffers[i].copy_(w.b);
-    if (args.has_scale && !w.g.is_same(grads[i])) grads[i].copy_(w.g);
+    if (!w.p_copy.defined()) continue;
+    params[i].copy_(w.p_copy);
+    if (has_buf) momentum_buffers[i].copy_(w.b_copy);
+    if (args.has_scale) grads[i].copy_(w.g_copy);
   }
 }
 

@@ -1,0 +1,8 @@
+// Binding functions of torchext._C that live outside module.cpp, one per
+// area; module.cpp's PYBIND11_MODULE calls each of them once.
+#pragma once
+
+#include <torch/csrc/utils/pybind.h>
+
+// _C.fused_sgd_ and _C.fused_sgd_tensor_lr_ (optim_binding.cpp).
+void bind_optim(pybind11::module_& m);
