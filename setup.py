@@ -7,7 +7,7 @@ Knobs (environment variables):
   TORCH_CUDA_ARCH_LIST  GPU architectures; defaults to "9.0" (Hopper) when no GPU is visible
 
 The source lists are the same globs CMakeLists.txt uses: csrc/ops/*.cpp,
-csrc/ops/{cpu,autograd}/*.cpp, csrc/train/*.cpp and, with CUDA, csrc/ops/cuda/*.cu.
+csrc/ops/{cpu,autograd}/*.cpp, csrc/train/*.cpp, csrc/api/*.cpp and, with CUDA, csrc/ops/cuda/*.cu.
 Only csrc/python/*.cpp (the Python binding) is specific to this build.
 """
 
@@ -121,7 +121,7 @@ def find_cublaslt():
 
 def sources(with_cuda):
     patterns = ["csrc/ops/*.cpp", "csrc/ops/cpu/*.cpp", "csrc/ops/autograd/*.cpp",
-                "csrc/train/*.cpp", "csrc/python/*.cpp"]
+                "csrc/train/*.cpp", "csrc/api/*.cpp", "csrc/python/*.cpp"]
     if with_cuda:
         patterns.append("csrc/ops/cuda/*.cu")
     found = []

@@ -1,5 +1,10 @@
 // The whole public C++ API of torchext.
 #pragma once
 
+#include <torchext/nn.h>
 #include <torchext/ops.h>
+#include <torchext/optim.h>
+#include <torchext/serialize.h>
+#include <torchext/trainer.h>
+#include <torchext/trainer_core.h>
 #include <torchext/version.h>

@@ -1,0 +1,77 @@
+// torchext::Trainer: the whole training step of an MLP in one C++ call.
+//
+// Trainer(model, optimizer, loss) runs zero-grad → forward → loss → backward →
+// SGD update on TrainerCore (fused kernels, no autograd graph), training the
+// model's own parameters in place. Hyper-parameters are read from the
+// optimizer's param groups at every call and momentum buffers live in the
+// optimizer's state, so LR schedulers work and a hand-written LibTorch loop
+// (`optimizer.zero_grad(); loss.backward(); optimizer.step();`) can take over at
+// any step with the same numbers.
+//
+// Checkpoints are the Python Trainer's: a torch.save file holding the plain dict
+// {"model": state dict, "optimizer": torch.optim.SGD state dict, "step": int,
+// "torchext_version": str}, readable and writable from either language.
+#pragma once
+
+#include <torchext/nn.h>
+#include <torchext/optim.h>
+#include <torchext/trainer_core.h>
+
+#include <ATen/core/ivalue.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace torchext {
+
+class Trainer {
+ public:
+  // `loss`: "mse" or "cross_entropy" (class-index targets). The optimizer must
+  // own every parameter of the model. Move the model to its device and dtype
+  // before constructing the Trainer.
+  Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer, const std::string& loss = "mse");
+  // Uses `optimizer` without owning it: it must outlive the Trainer.
+  Trainer(nn::MLP model, optim::SGD& optimizer, const std::string& loss = "mse");
+
+  // One training step on the batch; returns the loss before the update (0-dim).
+  at::Tensor step(const at::Tensor& x, const at::Tensor& y);
+
+  // Whole epochs (shuffled with options.generator); returns each epoch's mean loss.
+  std::vector<double> fit(const at::Tensor& x, const at::Tensor& y,
+                          const FitOptions& options = FitOptions(),
+                          const ProgressCallback& progress = {});
+
+  // Mean loss over the data without training (batch_size 0: one batch).
+  double evaluate(const at::Tensor& x, const at::Tensor& y, int64_t batch_size = 0);
+
+  // The model's output, without autograd.
+  at::Tensor predict(const at::Tensor& x);
+
+  // {"model", "optimizer", "step", "torchext_version"}, as the Python Trainer.
+  c10::IValue state_dict() const;
+  // Restores model, optimizer and step count; on a bad state nothing changes.
+  void load_state_dict(const c10::IValue& state);
+  // torchext::save(state_dict(), path): Python's torch.load(path) reads it.
+  void save(const std::string& path) const;
+  // Loads a checkpoint written by this class or by Python's torchext.Trainer.save.
+  void load(const std::string& path);
+
+  nn::MLP& model() { return model_; }
+  optim::SGD& optimizer() { return *optimizer_; }
+  int64_t steps() const { return steps_; }
+  // "cpu" (fused C++ kernels) or "cuda".
+  std::string backend() const { return core_.backend(); }
+
+ private:
+  std::vector<SGDGroup> groups() const;
+  void store_new_buffers(const std::vector<SGDGroup>& before, const std::vector<SGDGroup>& after);
+
+  nn::MLP model_;
+  std::shared_ptr<optim::SGD> optimizer_;
+  TrainerCore core_;
+  std::vector<at::Tensor> params_;  // core_.parameters(): what SGDGroup::params indexes
+  int64_t steps_ = 0;
+};
+
+}  // namespace torchext
