@@ -124,7 +124,8 @@ def run(device, quick):
         big = numel >= 1_000_000
         if big:
             x = torch.randn(numel, device=device)
-            fns["copy"] = lambda x=x, y=torch.empty_like(x): y.copy_(x)
+            copy_out = torch.empty_like(x)
+            fns["copy"] = lambda x=x, y=copy_out: y.copy_(x)
         times = median_step(fns, timer, numel, quick)
         row = {
             "config": name,

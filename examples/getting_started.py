@@ -183,7 +183,7 @@ print(inputs.shape, targets.shape)
 def train_by_hand(model, optimizer, inputs, targets, epochs, batch_size, generator):
     loss_fn = nn.MSELoss()
     epoch_losses = []
-    for epoch in range(epochs):
+    for _ in range(epochs):
         order = torch.randperm(len(inputs), generator=generator)  # a new shuffle every epoch
         total = 0.0
         for start in range(0, len(inputs), batch_size):

@@ -195,9 +195,12 @@ def test_load_casts_buffers_to_param_dtype():
 
 
 def test_scheduler_and_param_groups():
-    params, stock_params = make_params(), None
+    params = make_params()
     stock_params = twins(params)
-    groups = lambda ps: [{"params": ps[:2]}, {"params": ps[2:3], "lr": 0.05, "momentum": 0.0}]
+
+    def groups(ps):
+        return [{"params": ps[:2]}, {"params": ps[2:3], "lr": 0.05, "momentum": 0.0}]
+
     ours = torchext.optim.SGD(groups(params), lr=0.01, momentum=0.9)
     stock = torch.optim.SGD(groups(stock_params), lr=0.01, momentum=0.9)
     scheds = [torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5) for o in (ours, stock)]
@@ -260,7 +263,7 @@ def test_hooks_closure_and_zero_grad_to_zero():
     calls = []
     ours.register_step_pre_hook(lambda opt, args, kwargs: calls.append(("pre", opt)))
     ours.register_step_post_hook(lambda opt, args, kwargs: calls.append(("post", opt)))
-    for step in range(4):
+    for _ in range(4):
 
         def closure(ps=params):
             loss = sum((p * p).sum() for p in ps)
@@ -291,9 +294,9 @@ def test_hooks_run_once_from_every_kind_of_step():
     for cls in (torchext.optim.SGD, Sub):
         opt = cls(params, lr=0.01, momentum=0.9)
         calls = []
-        opt.register_step_pre_hook(lambda *args: calls.append("pre"))
+        opt.register_step_pre_hook(lambda *args, calls=calls: calls.append("pre"))
         handle = register_optimizer_step_post_hook(
-            lambda *args: calls.append("global post")
+            lambda *args, calls=calls: calls.append("global post")
         )
         try:
             opt.step()

@@ -59,7 +59,7 @@ def device_of(backend):
 
 def assert_params_close(model, ref, dtype):
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, **TOL[dtype], msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p, q, **TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
 
 
 CASES = list(itertools.product(ACTIVATIONS, ["mse", "cross_entropy"],
@@ -135,7 +135,8 @@ def test_fit_without_shuffle_and_default_generator_matches_stock():
     trainer.fit(x, y, epochs=2, batch_size=16, shuffle=False, progress=False)
     for _ in range(2):
         for start in range(0, 50, 16):
-            stock_step(ref, ref_opt, nn.CrossEntropyLoss(), x[start:start + 16], y[start:start + 16])
+            rows = slice(start, start + 16)
+            stock_step(ref, ref_opt, nn.CrossEntropyLoss(), x[rows], y[rows])
     assert_params_close(model, ref, torch.float64)
     torch.manual_seed(3)
     trainer.fit(x, y, epochs=1, batch_size=16, progress=False)

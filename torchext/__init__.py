@@ -60,9 +60,8 @@ def build_info():
     return info
 
 
-from . import ops  # noqa: E402  (registers fake kernels; needs _C loaded)
-from . import nn  # noqa: E402
-from . import optim  # noqa: E402
+# After _C is loaded: ops registers fake kernels for ops that must exist by now.
+from . import nn, ops, optim  # noqa: E402
 from .trainer import Trainer  # noqa: E402
 
 __all__ = ["__version__", "build_info", "nn", "ops", "optim", "Trainer"]

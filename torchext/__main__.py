@@ -73,8 +73,9 @@ def run_check(device, dtype_name):
     """Prints the build info and the seed-network Linear parity; returns the exit status."""
     dtype = getattr(torch, dtype_name)
     info = torchext.build_info()
+    cuda = f"yes (CUDA {info['cuda_version']})" if info["cuda"] else "no"
     print(f"torchext {info['version']}  built against torch {info['torch_version']}"
-          f"  CUDA kernels: {'yes (CUDA ' + str(info['cuda_version']) + ')' if info['cuda'] else 'no'}")
+          f"  CUDA kernels: {cuda}")
     print(f"running on torch {torch.__version__}, device {device}, {dtype_name}")
     print()
     print(f"seed network {' -> '.join(str(i) for i, _ in SEED_LAYERS)} -> {SEED_LAYERS[-1][1]}"
@@ -316,7 +317,8 @@ def _hidden(text):
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()] if text.strip() else []
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
     return sizes
@@ -336,7 +338,8 @@ def build_parser():
                     "PyTorch loop from identical weights; print speed, losses and whether the "
                     "two agree (exit status 1 if not, 2 for bad arguments or data).",
         epilog="other commands:\n"
-               f"  {PROG} bench [--quick] ...  benchmark matrix against stock torch (bench --help)\n"
+               f"  {PROG} bench [--quick] ...  benchmark matrix against stock torch"
+               " (bench --help)\n"
                f"  {PROG} check                build info and Linear parity on the seed shapes")
     parser.add_argument("--check", action="store_true",
                         help="only print the build info and check torchext.nn.Linear against "

@@ -146,7 +146,9 @@ def _check_linear_args(input: Tensor, weight: Tensor, bias: Optional[Tensor]) ->
     for name, t in (("input", input), ("weight", weight)):
         torch._check(
             t.dtype.is_floating_point,
-            lambda: f"torchext.linear: expected a floating-point {name}, got {_dtype_name(t.dtype)}",
+            lambda name=name, t=t: (
+                f"torchext.linear: expected a floating-point {name}, got {_dtype_name(t.dtype)}"
+            ),
         )
     _check_same_dtype_and_device("weight", weight, input)
     torch._check(
