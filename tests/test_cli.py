@@ -36,9 +36,10 @@ def expect_error(capsys, *argv, match):
 
 # ---------------------------------------------------------------------------- arguments
 
-def test_help_runs_as_a_command():
+def test_help_runs_as_a_command(tmp_path):
+    # From a neutral folder: in the source tree, `-m` would import the unbuilt source package.
     result = subprocess.run([sys.executable, "-m", "torchext", "--help"], check=False,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for option in ("--data", "--hidden", "--loss", "--save", "--plot", "--json", "bench", "check"):
         assert option in result.stdout
