@@ -12,8 +12,6 @@ ratio = stock time / torchext time (> 1: torchext is faster).
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -21,6 +19,7 @@ import time
 import torch
 
 import torchext
+from torchext.bench import machine as machine_description
 
 # name -> (batch, in_features, out_features)
 SIZES = {
@@ -35,20 +34,6 @@ SIZES = {
         "large 8192x4096->4096": (8192, 4096, 4096),
     },
 }
-
-
-def machine_description(device):
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    desc = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "torchext": torchext.__version__}
-    if device == "cuda":
-        desc["gpu"] = torch.cuda.get_device_name()
-    return desc
 
 
 class Timer:

@@ -25,6 +25,7 @@ import torch
 
 import torchext
 
+from .bench import int_list
 from .cli_data import TEACHER_HIDDEN, DataError, load_data, split, teacher_task
 from .nn import ACTIVATIONS, MLP
 
@@ -314,14 +315,7 @@ def _positive_int(text):
 
 
 def _hidden(text):
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()] if text.strip() else []
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
-    if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"hidden sizes must be positive, got {text!r}")
-    return sizes
+    return int_list(text, what="hidden sizes must be positive")
 
 
 def _fraction(text):

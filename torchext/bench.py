@@ -312,14 +312,15 @@ def _load_average():
         return None
 
 
-def _int_list(text):
+def int_list(text, what="expected positive integers"):
+    """argparse type: comma-separated positive integers ('' gives [])."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}") from None
     if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
     return values
 
 
@@ -343,10 +344,10 @@ def build_parser():
                              "on a 2-core CPU)")
     parser.add_argument("--kinds", type=_kinds, default=list(KINDS),
                         help=f"comma-separated subset of {','.join(KINDS)} (default: all)")
-    parser.add_argument("--widths", type=_int_list,
+    parser.add_argument("--widths", type=int_list,
                         help="widths of the square 4-layer networks timed besides the seed "
                              "network (default: 256,1024 on CPU, 1024,4096 on CUDA)")
-    parser.add_argument("--batch-sizes", type=_int_list, help="batch sizes (default per device)")
+    parser.add_argument("--batch-sizes", type=int_list, help="batch sizes (default per device)")
     parser.add_argument("--rounds", type=int, help="alternating rounds per cell (default 9; 3 "
                                                    "with --quick)")
     parser.add_argument("--block-ms", type=float,
