@@ -86,9 +86,9 @@ def want_cuda():
 
 
 class BuildExtWithInfo(cpp_extension.BuildExtension):
-    """Writes torchext/_build_info.py next to the compiled _C.
+    """Writes src/torchext/_build_info.py next to the compiled _C.
 
-    torchext/__init__.py reads it before loading the binary, so that a mismatch
+    src/torchext/__init__.py reads it before loading the binary, so that a mismatch
     with the installed torch is reported in words. It is written beside the
     binary (in place for editable installs, into build/ otherwise) so that it
     always describes the binary it sits with.

@@ -25,7 +25,7 @@ PYTHON=${PYTHON:-python3}
 export MAX_JOBS=${MAX_JOBS:-16}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export FORCE_CUDA=1
-export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$ROOT/src${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONDONTWRITEBYTECODE=1
 LOG=${OUT:-$ROOT/build/gpu-check}
 mkdir -p "$LOG"
@@ -91,7 +91,7 @@ if [[ -z ${CUDA_HOME:-} ]]; then
   done
 fi
 echo "CUDA_HOME=${CUDA_HOME:-<not found: torch will guess>}"
-rm -rf build/temp.* build/lib.* torchext/_C*.so torchext/_build_info.py
+rm -rf build/temp.* build/lib.* src/torchext/_C*.so src/torchext/_build_info.py
 t0=$SECONDS
 run_limited "$(($(left) - 120))" "$LOG/build.log" "$PYTHON" setup.py build_ext --inplace
 BUILD_RC=$?
@@ -176,7 +176,7 @@ for script in bench_linear bench_sgd; do
     row "${script#bench_}" absent 0 "benchmarks/$script.py does not exist yet"
   fi
 done
-if [[ -f torchext/__main__.py ]] && grep -qE "[\"']bench[\"']" torchext/__main__.py; then # a 'bench' subcommand
+if [[ -f src/torchext/__main__.py ]] && grep -qE "[\"']bench[\"']" src/torchext/__main__.py; then # a 'bench' subcommand
   bench torchext-bench "$PYTHON" -m torchext bench --device cuda
 else
   row torchext-bench absent 0 "python -m torchext bench is not there yet"
