@@ -1,20 +1,31 @@
-"""The C++ package from Python's side: build, run, and checkpoints across languages.
+"""The C++ distribution inside the installed torchext, from Python's side.
 
-Builds libtorchext with CMake (with its tests/cpp tools), installs it, builds the
-standalone example examples/cpp against the installed package and runs it, and moves a
-training run Python → C++ → Python through checkpoints, checking that the loss
-trajectory and the final parameters are those of an uninterrupted Python run.
+C++ programs are built against the installed package alone (torchext.cmake_prefix_path
+next to torch.utils.cmake_prefix_path), never by compiling libtorchext again: tests/cpp
+(the C++ API tests, a checkpoint tool, an operator plugin) and examples/cpp are one
+CMake project, configured once per session and built incrementally in
+$TORCHEXT_CPP_BUILD_DIR (default <repo>/build/cpp-tests). The tests then check that
 
-The CMake build goes to $TORCHEXT_CPP_BUILD_DIR or <repo>/build/cpp-interop and is
-reused (incremental) across runs: the first build compiles the whole core (several
-minutes on 2 cores), later ones only what changed. Skipped when cmake or a C++
-compiler is missing, or when the tests do not run from a source checkout.
+- those programs load the very libtorchext that Python loads, and the C++ API tests pass;
+- the README's C++ consumer (its CMakeLists.txt, main.cpp and commands, as shown) builds
+  against the pip install and runs;
+- a C++ library loaded into Python with torch.ops.load_library next to torchext._C shares
+  the one libtorchext, so the torchext operators are registered once, and both work;
+- TorchScript models saved in Python run in C++ (torch::jit::load) with Python's numbers;
+- training moves Python -> C++ -> Python through checkpoints with an uninterrupted run's
+  numbers, and the example trains and writes a checkpoint Python reads.
+
+Skipped, with the reason, when cmake or a C++ compiler is missing, when the installed
+torchext carries no CMake package, or outside a source checkout.
 """
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -24,7 +35,9 @@ from torch import nn
 import torchext
 
 ROOT = Path(__file__).resolve().parents[1]
-TORCH_CMAKE = torch.utils.cmake_prefix_path
+README = ROOT / "README.md"
+LIBTORCHEXT = Path(torchext.__file__).resolve().parent / "lib" / "libtorchext.so"
+PREFIX_PATH = f"{torch.utils.cmake_prefix_path};{torchext.cmake_prefix_path}"
 
 
 def _missing_tools():
@@ -32,8 +45,10 @@ def _missing_tools():
         return "cmake is not installed"
     if not any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++")):
         return "no C++ compiler (c++, g++ or clang++) found"
-    if not (ROOT / "CMakeLists.txt").exists() or not (ROOT / "tests/cpp/CMakeLists.txt").exists():
-        return "not running from a torchext source checkout (CMakeLists.txt missing)"
+    if not (Path(torchext.cmake_prefix_path) / "torchext" / "torchextConfig.cmake").exists():
+        return f"the installed torchext has no CMake package under {torchext.cmake_prefix_path}"
+    if not (ROOT / "tests" / "cpp" / "CMakeLists.txt").exists():
+        return "not running from a torchext source checkout (tests/cpp missing)"
     return None
 
 
@@ -48,28 +63,170 @@ def _run(cmd, **kwargs):
     return result.stdout
 
 
+def _cuda_hints():
+    """CMake hints for a CUDA torch: its CMake config needs the toolkit (as setup.py's build)."""
+    cuda_home = os.environ.get("CUDA_HOME")
+    if torch.version.cuda is None or not cuda_home:
+        return []
+    return [f"-DCUDAToolkit_ROOT={cuda_home}",
+            f"-DCMAKE_CUDA_COMPILER={os.path.join(cuda_home, 'bin', 'nvcc')}"]
+
+
+def _jobs():
+    return os.environ.get("MAX_JOBS", str(os.cpu_count() or 2))
+
+
 @pytest.fixture(scope="session")
-def cpp_install():
-    """(install prefix, build dir) of libtorchext built with -DTORCHEXT_BUILD_TESTS=ON."""
-    build = Path(os.environ.get("TORCHEXT_CPP_BUILD_DIR", ROOT / "build" / "cpp-interop"))
-    prefix = build / "install"
-    jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 2))
-    _run(["cmake", "-S", ROOT, "-B", build / "lib", "-DCMAKE_BUILD_TYPE=Release",
-          f"-DCMAKE_PREFIX_PATH={TORCH_CMAKE}", f"-DCMAKE_INSTALL_PREFIX={prefix}",
-          "-DTORCHEXT_BUILD_TESTS=ON", f"-DPython_EXECUTABLE={sys.executable}"])
-    _run(["cmake", "--build", build / "lib", "-j", jobs])
-    _run(["cmake", "--install", build / "lib"])
-    return prefix, build
+def cpp_build():
+    """The build folder of tests/cpp (with examples/cpp) against the installed torchext."""
+    build = Path(os.environ.get("TORCHEXT_CPP_BUILD_DIR", ROOT / "build" / "cpp-tests"))
+    _run(["cmake", "-S", ROOT / "tests" / "cpp", "-B", build,
+          f"-DCMAKE_PREFIX_PATH={PREFIX_PATH}", *_cuda_hints()])
+    _run(["cmake", "--build", build, "-j", _jobs()])
+    return build
 
 
-def test_example_builds_against_the_installed_package_and_trains(cpp_install, tmp_path):
-    prefix, build = cpp_install
-    example = build / "example"
-    _run(["cmake", "-S", ROOT / "examples" / "cpp", "-B", example, "-DCMAKE_BUILD_TYPE=Release",
-          f"-DCMAKE_PREFIX_PATH={prefix};{TORCH_CMAKE}"])
-    _run(["cmake", "--build", example, "-j", "2"])
+def _linked_libtorchext(binary):
+    """The libtorchext file the dynamic loader picks for `binary`."""
+    out = _run(["ldd", binary])
+    match = re.search(r"libtorchext\.so\S* => (\S+)", out)
+    assert match, f"{binary} does not link libtorchext:\n{out}"
+    return Path(match.group(1)).resolve()
+
+
+def test_cpp_api_tests_pass_on_the_installed_libtorchext(cpp_build):
+    binary = cpp_build / "torchext_api_test"
+    assert _linked_libtorchext(binary) == LIBTORCHEXT
+    out = _run(["ctest", "--output-on-failure"], cwd=cpp_build)
+    assert "100% tests passed" in out, out
+
+
+# ---------------------------------------------------------------------------- the README
+
+
+def _readme_block(marker):
+    """The fenced block right after `<!-- ci: MARKER -->` in the README."""
+    match = re.search(rf"<!-- ci: {re.escape(marker)} -->\s*```[a-z]*\n(.*?)\n```",
+                      README.read_text(encoding="utf-8"), re.S)
+    assert match, f"README.md has no block marked <!-- ci: {marker} -->"
+    return match.group(1) + "\n"
+
+
+def test_readme_cpp_consumer_builds_against_the_pip_install_and_runs(tmp_path):
+    (tmp_path / "CMakeLists.txt").write_text(_readme_block("cpp consumer CMakeLists.txt"))
+    (tmp_path / "main.cpp").write_text(_readme_block("cpp consumer main.cpp"))
+    commands = _readme_block("cpp consumer commands")
+    # The README's commands as shown, with this interpreter as `python` and CUDA hints added
+    # to the configure line where this torch needs them.
+    bin_dir = tmp_path / "python-bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+               CMAKE_BUILD_PARALLEL_LEVEL=_jobs())
+    if _cuda_hints():
+        env["CMAKE_ARGS"] = " ".join(_cuda_hints())
+        commands = commands.replace("cmake -S . -B build", "cmake -S . -B build $CMAKE_ARGS", 1)
+    out = _run(["bash", "-euo", "pipefail", "-c", commands], cwd=tmp_path, env=env)
+    assert _linked_libtorchext(tmp_path / "build" / "app") == LIBTORCHEXT
+    losses = [float(v) for v in re.findall(r"step \d+ loss (\S+)", out)]
+    assert len(losses) == 10 and losses[-1] < losses[0], out
+    assert (tmp_path / "checkpoint.pt").exists()
+    state = torch.load(tmp_path / "checkpoint.pt")  # weights_only=True
+    assert state["step"] == 10
+
+
+# ---------------------------------------------------------------------------- one registration
+
+PLUGIN_CHECK = textwrap.dedent("""
+    import json, sys
+    import torch
+    import torch.nn.functional as F
+
+    plugin, order = sys.argv[1], sys.argv[2]
+    if order == "plugin first":
+        torch.ops.load_library(plugin)
+        import torchext
+    else:
+        import torchext
+        torch.ops.load_library(plugin)
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 5, generator=gen, requires_grad=True)
+    w = torch.randn(3, 5, generator=gen, requires_grad=True)
+    b = torch.randn(3, generator=gen, requires_grad=True)
+    got = torch.ops.torchext_test_plugin.linear_relu(x, w, b)
+    got_grads = torch.autograd.grad(got.square().sum(), (x, w, b))
+    ref = torch.relu(F.linear(x, w, b))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (x, w, b))
+    torch.testing.assert_close(got, ref)
+    for g, r in zip(got_grads, ref_grads):
+        torch.testing.assert_close(g, r)
+    torch.testing.assert_close(torch.ops.torchext.linear(x, w, b), F.linear(x, w, b))
+    mapped = sorted({line.split()[-1] for line in open("/proc/self/maps")
+                     if line.rstrip().endswith("libtorchext.so")})
+    print(json.dumps(mapped))
+""")
+
+
+@pytest.mark.parametrize("order", ["torchext first", "plugin first"])
+def test_a_cpp_library_loaded_next_to_the_binding_shares_one_libtorchext(cpp_build, order):
+    plugin = cpp_build / "libtorchext_test_plugin.so"
+    assert _linked_libtorchext(plugin) == LIBTORCHEXT
+    out = _run([sys.executable, "-c", PLUGIN_CHECK, plugin, order], cwd=cpp_build)
+    mapped = json.loads(out.splitlines()[-1])
+    assert [Path(p).resolve() for p in mapped] == [LIBTORCHEXT], out
+
+
+# ---------------------------------------------------------------------------- TorchScript
+
+
+class OpsMLP(nn.Module):
+    """A scriptable two-layer network calling torch.ops.torchext.linear directly."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.hidden = nn.Linear(20, 30, dtype=dtype)
+        self.out = nn.Linear(30, 40, bias=False, dtype=dtype)
+
+    def forward(self, x):
+        h = torch.tanh(torch.ops.torchext.linear(x, self.hidden.weight, self.hidden.bias))
+        return torch.ops.torchext.linear(h, self.out.weight, None)
+
+    def stock(self, x):
+        return self.out(torch.tanh(self.hidden(x)))
+
+
+def _run_scripted(cpp_build, tmp_path, scripted, x):
+    scripted.save(str(tmp_path / "model.pt"))
+    torch.save(x, tmp_path / "input.pt")
+    _run([cpp_build / "examples" / "run_scripted", tmp_path / "model.pt", tmp_path / "input.pt",
+          tmp_path / "output.pt"])
+    return torch.load(tmp_path / "output.pt")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("shape", [(128, 20), (4, 16, 20), (20,)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_scripted_torchext_ops_run_in_cpp_with_pythons_numbers(cpp_build, tmp_path, dtype, shape):
+    torch.manual_seed(0)
+    model = OpsMLP(dtype)
+    scripted = torch.jit.script(model)
+    assert "torchext::linear" in str(scripted.graph)
+    x = torch.randn(shape, dtype=dtype)
+    got = _run_scripted(cpp_build, tmp_path, scripted, x)
+    with torch.no_grad():
+        torch.testing.assert_close(got, scripted(x), rtol=0, atol=0)
+        rtol = {torch.float32: 1e-5, torch.float64: 1e-10}[dtype]
+        torch.testing.assert_close(got, model.stock(x), rtol=rtol, atol=rtol)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def test_example_trains_and_writes_a_checkpoint_python_reads(cpp_build, tmp_path):
     checkpoint = tmp_path / "mlp.pt"
-    out = _run([example / "train_mlp", checkpoint])
+    out = _run([cpp_build / "examples" / "train_mlp", checkpoint])
     losses = [float(line.split("loss")[1]) for line in out.splitlines() if line.startswith("epoch")]
     assert len(losses) == 6 and losses[-1] < losses[0], out
     state = torch.load(checkpoint)  # weights_only=True
@@ -94,9 +251,8 @@ def _python_run(data, steps):
 
 
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
-def test_checkpoint_python_to_cpp_to_python_continues_exactly(cpp_install, tmp_path, loss):
-    _, build = cpp_install
-    tool = build / "lib" / "tests" / "cpp" / "torchext_checkpoint_tool"
+def test_checkpoint_python_to_cpp_to_python_continues_exactly(cpp_build, tmp_path, loss):
+    tool = cpp_build / "torchext_checkpoint_tool"
     sizes, steps = [20, 30, 30, 40], 12
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(steps, 64, 20, dtype=torch.float64, generator=gen)
@@ -127,10 +283,9 @@ def test_checkpoint_python_to_cpp_to_python_continues_exactly(cpp_install, tmp_p
                                    rtol=1e-10, atol=1e-12)
 
 
-def test_cpp_loads_a_python_state_dict_file(cpp_install, tmp_path):
+def test_cpp_loads_a_python_state_dict_file(cpp_build, tmp_path):
     """torch.save(model.state_dict()) (an OrderedDict with _metadata) loads in C++."""
-    _, build = cpp_install
-    tool = build / "lib" / "tests" / "cpp" / "torchext_checkpoint_tool"
+    tool = cpp_build / "torchext_checkpoint_tool"
     model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 40)).double()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": 0},

@@ -1,9 +1,15 @@
 """torchext: PyTorch's Linear, SGD and training loop, in C++/CUDA, with exact parity.
 
-Importing torchext loads the compiled core (torchext._C), which registers the
-``torch.ops.torchext`` operators. A binary built against another torch cannot
-work, so that case fails here, in words, rather than deep inside the dispatcher.
+Importing torchext loads the thin binding torchext._C and, with it, the C++ core
+libtorchext (``lib/`` in this package), which registers the ``torch.ops.torchext``
+operators. A binary built against another torch cannot work, so that case fails here,
+in words, rather than deep inside the dispatcher.
+
+The package is also a C++ distribution: ``include/`` holds the public headers and
+``cmake_prefix_path`` is the folder for CMake's ``find_package(torchext)``.
 """
+
+import os as _os
 
 import torch
 
@@ -16,6 +22,10 @@ except ImportError as exc:  # pragma: no cover - only without a build
     ) from exc
 
 __version__ = _build_info.version
+
+#: Put on CMAKE_PREFIX_PATH (next to ``torch.utils.cmake_prefix_path``) for
+#: ``find_package(torchext)`` to find this installation's libtorchext.
+cmake_prefix_path = _os.path.join(_os.path.dirname(__file__), "share", "cmake")
 
 
 def _release(version):
@@ -64,4 +74,4 @@ def build_info():
 from . import nn, ops, optim  # noqa: E402
 from .trainer import Trainer  # noqa: E402
 
-__all__ = ["__version__", "build_info", "nn", "ops", "optim", "Trainer"]
+__all__ = ["__version__", "build_info", "cmake_prefix_path", "nn", "ops", "optim", "Trainer"]
