@@ -136,6 +136,25 @@ def test_readme_cpp_consumer_builds_against_the_pip_install_and_runs(tmp_path):
     assert state["step"] == 10
 
 
+def test_find_package_refuses_a_torch_of_another_version(tmp_path):
+    """A LibTorch whose version differs from the build's is refused at configure time, in words."""
+    fake_torch = tmp_path / "other-torch" / "Torch"
+    fake_torch.mkdir(parents=True)
+    (fake_torch / "TorchConfig.cmake").write_text("set(Torch_FOUND TRUE)\n")
+    (fake_torch / "TorchConfigVersion.cmake").write_text(
+        'set(PACKAGE_VERSION "1.13.1")\nset(PACKAGE_VERSION_COMPATIBLE TRUE)\n')
+    (tmp_path / "CMakeLists.txt").write_text(_readme_block("cpp consumer CMakeLists.txt"))
+    (tmp_path / "main.cpp").write_text(_readme_block("cpp consumer main.cpp"))
+    result = subprocess.run(
+        ["cmake", "-S", str(tmp_path), "-B", str(tmp_path / "build"),
+         f"-DCMAKE_PREFIX_PATH={tmp_path / 'other-torch'};{torchext.cmake_prefix_path}"],
+        capture_output=True, text=True)
+    assert result.returncode != 0
+    message = " ".join(result.stderr.split())
+    assert (f"was built against torch {torch.__version__.split('+')[0]}, but CMAKE_PREFIX_PATH "
+            "finds Torch 1.13.1") in message, result.stderr
+
+
 # ---------------------------------------------------------------------------- one registration
 
 PLUGIN_CHECK = textwrap.dedent("""
