@@ -240,6 +240,27 @@ def test_scripted_torchext_ops_run_in_cpp_with_pythons_numbers(cpp_build, tmp_pa
         torch.testing.assert_close(got, model.stock(x), rtol=rtol, atol=rtol)
 
 
+# torch.jit.script raises NotSupportedError on the current torchext.nn.Linear (RuntimeError
+# when an earlier attempt in this process left the class half compiled). Only scripting may
+# fail: a wrong number or a failing C++ run fails the test (AssertionError).
+@pytest.mark.xfail(strict=True, raises=(torch.jit.frontend.NotSupportedError, RuntimeError),
+                   reason="torchext.nn.Linear is not scriptable yet (the drop-in parity work makes "
+                          "it so); remove this marker when it is")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_scripted_torchext_mlp_runs_in_cpp_with_pythons_numbers(cpp_build, tmp_path):
+    torch.manual_seed(0)
+    model = torchext.nn.MLP([20, 30, 30, 40], activation="tanh")
+    stock = nn.Sequential(*[nn.Linear(m.in_features, m.out_features) if isinstance(m, nn.Linear)
+                            else m for m in model])
+    stock.load_state_dict(model.state_dict())
+    scripted = torch.jit.script(model)
+    x = torch.randn(128, 20)
+    got = _run_scripted(cpp_build, tmp_path, scripted, x)
+    with torch.no_grad():
+        torch.testing.assert_close(got, scripted(x), rtol=0, atol=0)
+        torch.testing.assert_close(got, stock(x), rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------- checkpoints
 
 
