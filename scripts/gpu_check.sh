@@ -7,9 +7,10 @@
 #
 #   bash scripts/gpu_check.sh
 #
-# The extension is built in place (`setup.py build_ext --inplace`, what an
-# editable install runs), so nothing is installed into the system Python; tests
-# and benchmarks import torchext from this source tree.
+# torchext is built in place (`setup.py build_ext --inplace`, what an editable install
+# runs: the CMake build of libtorchext into src/torchext/lib, then the binding _C), so
+# nothing is installed into the system Python; tests and benchmarks import torchext from
+# this source tree, and the C++ tests build against its CMake package (src/torchext/share).
 #
 # Logs go to $OUT if set (else build/gpu-check/): build.log, pytest.log,
 # pytest.xml, bench_*.log, env.txt, summary.txt.
@@ -75,23 +76,20 @@ HAVE_PYTEST=1
 
 # ---------------------------------------------------------------------------
 header "build (in place, CUDA, MAX_JOBS=$MAX_JOBS, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
-# CUDA_HOME: the toolkit folder holding bin/nvcc and lib64/libcudart.so. torch guesses it
-# from the nvcc on PATH, which goes wrong when that nvcc is a launcher script or symlink.
-if [[ -z ${CUDA_HOME:-} ]]; then
-  candidates=()
-  if command -v nvcc >/dev/null; then
-    candidates+=("$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")")
-    for d in $(grep -aoE '/[^" ]*/bin/nvcc' "$(command -v nvcc)" 2>/dev/null); do
-      candidates+=("$(dirname "$(dirname "$d")")")
-    done
-  fi
-  candidates+=(/usr/local/cuda $(ls -d /usr/local/cuda-* 2>/dev/null | sort -rV))
-  for d in "${candidates[@]}"; do
-    if [[ -x $d/bin/nvcc && -e $d/lib64/libcudart.so ]]; then export CUDA_HOME=$d; break; fi
-  done
+# CUDA_HOME: the toolkit folder holding bin/nvcc and lib64/libcudart.so, of torch's CUDA
+# major. torch guesses it from the nvcc on PATH, which goes wrong when that nvcc is a
+# launcher script or symlink. A minimal toolkit also needs the headers and libraries of
+# torch's nvidia wheels (use_cuda_wheels), for this build and the C++ tests' CMake builds.
+# shellcheck source=scripts/cuda_build_env.sh
+. scripts/cuda_build_env.sh
+TORCH_CUDA_MAJOR=$("$PYTHON" -c 'import torch; print((torch.version.cuda or "0").split(".")[0])' 2>/dev/null)
+if [[ -z ${CUDA_HOME:-} ]] && CUDA_HOME=$(find_cuda_home "$TORCH_CUDA_MAJOR"); then
+  export CUDA_HOME
 fi
 echo "CUDA_HOME=${CUDA_HOME:-<not found: torch will guess>}"
-rm -rf build/temp.* build/lib.* src/torchext/_C*.so src/torchext/_build_info.py
+[[ -n ${CUDA_HOME:-} ]] && use_cuda_wheels "$CUDA_HOME" "$PYTHON" "$LOG/cuda-libs"
+rm -rf build/temp.* build/lib.* build/libtorchext-* src/torchext/_C*.so src/torchext/_build_info.py \
+  src/torchext/lib src/torchext/include src/torchext/share
 t0=$SECONDS
 run_limited "$(($(left) - 120))" "$LOG/build.log" "$PYTHON" setup.py build_ext --inplace
 BUILD_RC=$?
