@@ -187,6 +187,7 @@ class BuildExtWithCore(cpp_extension.BuildExtension):
 
 def binding():
     """torchext._C: the pybind11 binding only, linked to libtorchext (found beside it)."""
+    # The definition the CMake target torchext::torchext gives its consumers.
     defines = ["-DTORCHEXT_WITH_CUDA"] if WITH_CUDA else []
     return cpp_extension.CppExtension(
         name="torchext._C",
