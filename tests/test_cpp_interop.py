@@ -80,8 +80,12 @@ def _jobs():
 def cpp_build():
     """The build folder of tests/cpp (with examples/cpp) against the installed torchext."""
     build = Path(os.environ.get("TORCHEXT_CPP_BUILD_DIR", ROOT / "build" / "cpp-tests"))
+    # The packages' folders are given explicitly, so that a build folder configured earlier
+    # against another installation (whose paths CMake caches) follows this one.
     _run(["cmake", "-S", ROOT / "tests" / "cpp", "-B", build,
-          f"-DCMAKE_PREFIX_PATH={PREFIX_PATH}", *_cuda_hints()])
+          f"-DCMAKE_PREFIX_PATH={PREFIX_PATH}",
+          f"-DTorch_DIR={Path(torch.utils.cmake_prefix_path) / 'Torch'}",
+          f"-Dtorchext_DIR={Path(torchext.cmake_prefix_path) / 'torchext'}", *_cuda_hints()])
     _run(["cmake", "--build", build, "-j", _jobs()])
     return build
 
