@@ -1,13 +1,12 @@
-// Runs a TorchScript model saved in Python, whose layers are torchext's, from C++.
+// Runs a TorchScript model saved in Python, whose code calls torchext's operators, from C++.
 //
 //   run_scripted <model.pt> <input.pt> <output.pt>
 //
-// <model.pt> comes from torch.jit.script(model).save(path) in Python, for a model built
-// from torchext.nn.Linear / torchext.nn.MLP (or any scripted code that calls
-// torch.ops.torchext.*). torch::jit::load resolves those calls to the operators that
-// libtorchext registers in this process. <input.pt> holds one tensor (torch.save in
-// Python); the model's output is written to <output.pt> in torch.save's format, so
-// Python reads it back with torch.load(path).
+// <model.pt> comes from torch.jit.script(model).save(path) in Python, for a model whose
+// scripted code calls torch.ops.torchext.*: torch::jit::load resolves those calls to the
+// operators that libtorchext registers in this process. <input.pt> holds one tensor
+// (torch.save in Python); the model's output is written to <output.pt> in torch.save's
+// format, so Python reads it back with torch.load(path).
 #include <torchext/torchext.h>
 
 #include <torch/script.h>
