@@ -20,11 +20,10 @@ using LinearSignature = decltype(torchext::linear);
 
 template <c10::DeviceType device_type>
 using LowerPrecisionLinear =
-    at::autocast::WrapFunction<at::autocast::CastPolicy::lower_precision_fp,
-                               device_type, LinearSignature, LinearSignature,
-                               &torchext::linear>;
+    at::autocast::WrapFunction<at::autocast::CastPolicy::lower_precision_fp, device_type,
+                               LinearSignature, LinearSignature, &torchext::linear>;
 
-} // namespace
+}  // namespace
 
 TORCH_LIBRARY_IMPL(torchext, AutocastCPU, m) {
   m.impl("linear", &LowerPrecisionLinear<c10::DeviceType::CPU>::type::call);
@@ -34,4 +33,4 @@ TORCH_LIBRARY_IMPL(torchext, AutocastCUDA, m) {
   m.impl("linear", &LowerPrecisionLinear<c10::DeviceType::CUDA>::type::call);
 }
 
-} // namespace torchext
+}  // namespace torchext

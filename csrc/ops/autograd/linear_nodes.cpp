@@ -17,15 +17,12 @@ using torch::autograd::variable_list;
 
 variable_list LinearBackward0::apply(variable_list &&grads) {
   const at::Tensor &grad_output = grads[0];
-  if (!grad_output.defined())
-    return {at::Tensor(), at::Tensor(), at::Tensor()};
-  const std::array<bool, 3> mask = {task_should_compute_output(0),
-                                    task_should_compute_output(1),
+  if (!grad_output.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+  const std::array<bool, 3> mask = {task_should_compute_output(0), task_should_compute_output(1),
                                     has_bias_ && task_should_compute_output(2)};
-  if (!mask[0] && !mask[1] && !mask[2])
-    return {at::Tensor(), at::Tensor(), at::Tensor()};
-  auto [grad_input, grad_weight, grad_bias] = torchext::linear_backward(
-      grad_output, input_.unpack(), weight_.unpack(), mask);
+  if (!mask[0] && !mask[1] && !mask[2]) return {at::Tensor(), at::Tensor(), at::Tensor()};
+  auto [grad_input, grad_weight, grad_bias] =
+      torchext::linear_backward(grad_output, input_.unpack(), weight_.unpack(), mask);
   return {std::move(grad_input), std::move(grad_weight), std::move(grad_bias)};
 }
 
@@ -35,16 +32,14 @@ void LinearBackward0::release_variables() {
   weight_.reset_data();
 }
 
-void LinearBackward0::compiled_args(
-    torch::dynamo::autograd::CompiledNodeArgs &args) const {
+void LinearBackward0::compiled_args(torch::dynamo::autograd::CompiledNodeArgs &args) const {
   args.collect(input_, false);
   args.collect(weight_, false);
   args.collect(has_bias_);
 }
 
 variable_list LinearBackward0::apply_with_saved(
-    const variable_list &grads,
-    torch::dynamo::autograd::SwapSavedVariables &saved) {
+    const variable_list &grads, torch::dynamo::autograd::SwapSavedVariables &saved) {
   saved.before(input_);
   saved.before(weight_);
   variable_list result = apply(variable_list(grads));
@@ -73,24 +68,22 @@ variable_list LinearBackwardBackward0::apply(variable_list &&grads) {
 
   at::Tensor d_grad_output, d_input, d_weight;
   if (task_should_compute_output(0)) {
-    if (gg_input.defined())
-      d_grad_output = torchext::linear(gg_input, weight);
+    if (gg_input.defined()) d_grad_output = torchext::linear(gg_input, weight);
     if (gg_weight.defined()) {
       at::Tensor term = torchext::linear(input, gg_weight);
       d_grad_output = d_grad_output.defined() ? d_grad_output + term : term;
     }
     if (gg_bias.defined()) {
-      d_grad_output = d_grad_output.defined()
-                          ? d_grad_output + gg_bias
-                          : gg_bias.expand(grad_output.sizes()).clone();
+      d_grad_output = d_grad_output.defined() ? d_grad_output + gg_bias
+                                              : gg_bias.expand(grad_output.sizes()).clone();
     }
   }
   if (task_should_compute_output(1) && gg_weight.defined()) {
     d_input = torchext::linear(grad_output, gg_weight.t());
   }
   if (task_should_compute_output(2) && gg_input.defined()) {
-    d_weight = std::get<1>(torchext::linear_backward(
-        grad_output, gg_input, weight, {false, true, false}));
+    d_weight =
+        std::get<1>(torchext::linear_backward(grad_output, gg_input, weight, {false, true, false}));
   }
   return {d_grad_output, d_input, d_weight};
 }
@@ -102,18 +95,15 @@ void LinearBackwardBackward0::release_variables() {
   weight_.reset_data();
 }
 
-void LinearBackwardBackward0::compiled_args(
-    torch::dynamo::autograd::CompiledNodeArgs &args) const {
+void LinearBackwardBackward0::compiled_args(torch::dynamo::autograd::CompiledNodeArgs &args) const {
   args.collect(grad_output_, false);
   args.collect(input_, false);
   args.collect(weight_, false);
-  for (bool m : output_mask_)
-    args.collect(m);
+  for (bool m : output_mask_) args.collect(m);
 }
 
 variable_list LinearBackwardBackward0::apply_with_saved(
-    const variable_list &grads,
-    torch::dynamo::autograd::SwapSavedVariables &saved) {
+    const variable_list &grads, torch::dynamo::autograd::SwapSavedVariables &saved) {
   saved.before(grad_output_);
   saved.before(input_);
   saved.before(weight_);
@@ -124,4 +114,4 @@ variable_list LinearBackwardBackward0::apply_with_saved(
   return result;
 }
 
-} // namespace torchext::autograd
+}  // namespace torchext::autograd

@@ -21,15 +21,13 @@ namespace torchext::autograd {
 
 // Node of y = linear(X, W, b); its next edges are (X, W, b).
 struct LinearBackward0 : public torch::autograd::TraceableFunction {
-  torch::autograd::variable_list
-  apply(torch::autograd::variable_list &&grads) override;
+  torch::autograd::variable_list apply(torch::autograd::variable_list &&grads) override;
   std::string name() const override { return "LinearBackward0"; }
   void release_variables() override;
-  void
-  compiled_args(torch::dynamo::autograd::CompiledNodeArgs &args) const override;
-  torch::autograd::variable_list
-  apply_with_saved(const torch::autograd::variable_list &grads,
-                   torch::dynamo::autograd::SwapSavedVariables &saved) override;
+  void compiled_args(torch::dynamo::autograd::CompiledNodeArgs &args) const override;
+  torch::autograd::variable_list apply_with_saved(
+      const torch::autograd::variable_list &grads,
+      torch::dynamo::autograd::SwapSavedVariables &saved) override;
 
   torch::autograd::SavedVariable input_;
   torch::autograd::SavedVariable weight_;
@@ -39,15 +37,13 @@ struct LinearBackward0 : public torch::autograd::TraceableFunction {
 // Node of (gX, gW, gb) = linear_backward(gY, X, W, mask); next edges (gY, X,
 // W). Outputs left out by the mask are undefined and receive no gradient.
 struct LinearBackwardBackward0 : public torch::autograd::TraceableFunction {
-  torch::autograd::variable_list
-  apply(torch::autograd::variable_list &&grads) override;
+  torch::autograd::variable_list apply(torch::autograd::variable_list &&grads) override;
   std::string name() const override { return "LinearBackwardBackward0"; }
   void release_variables() override;
-  void
-  compiled_args(torch::dynamo::autograd::CompiledNodeArgs &args) const override;
-  torch::autograd::variable_list
-  apply_with_saved(const torch::autograd::variable_list &grads,
-                   torch::dynamo::autograd::SwapSavedVariables &saved) override;
+  void compiled_args(torch::dynamo::autograd::CompiledNodeArgs &args) const override;
+  torch::autograd::variable_list apply_with_saved(
+      const torch::autograd::variable_list &grads,
+      torch::dynamo::autograd::SwapSavedVariables &saved) override;
 
   torch::autograd::SavedVariable grad_output_;
   torch::autograd::SavedVariable input_;
@@ -55,4 +51,4 @@ struct LinearBackwardBackward0 : public torch::autograd::TraceableFunction {
   std::array<bool, 3> output_mask_ = {false, false, false};
 };
 
-} // namespace torchext::autograd
+}  // namespace torchext::autograd
