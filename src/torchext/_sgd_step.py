@@ -60,7 +60,13 @@ def _real(group: dict, key: str, index: int) -> float:
 
 
 def group_hyper(group: dict, index: int) -> Hyper:
-    lr = group["lr"]
+    lr, momentum, dampening, weight_decay = (
+        group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
+    )
+    if all(type(v) in (float, int) for v in (lr, momentum, dampening, weight_decay)):
+        # Plain numbers (the usual case): nothing to convert.
+        return Hyper(lr, momentum, dampening, weight_decay, bool(group["nesterov"]),
+                     bool(group["maximize"]))
     if isinstance(lr, Tensor):
         if lr.numel() != 1 or lr.is_complex():
             raise ValueError(f"{_where(index)}['lr']: Tensor lr must be 1-element and real")
@@ -100,15 +106,16 @@ def _overlaps(t: Tensor) -> bool:
     return torch._debug_has_internal_overlap(t) == 1
 
 
-@dataclass
 class _FusedGroup:
-    """The parameters of one group that the fused op steps."""
+    """The parameters of one group that the fused op steps (built on every step: kept lean)."""
 
-    group: dict
-    hyper: Hyper
-    params: list = field(default_factory=list)
-    grads: list = field(default_factory=list)
-    buffers: list = field(default_factory=list)  # None: first step
+    __slots__ = ("group", "index", "hyper", "params", "grads", "buffers", "indices", "kinds")
+
+    def __init__(self, group: dict, index: int, hyper: Hyper) -> None:
+        self.group, self.index, self.hyper = group, index, hyper  # index: in param_groups
+        self.params, self.grads, self.buffers = [], [], []  # buffers: None on a first step
+        self.indices = []  # of the params in the group
+        self.kinds = set()  # (device, dtype) buckets
 
 
 @dataclass
@@ -126,6 +133,12 @@ class StepPlan:
     state: Any
     fused: list
     torch: list
+    scaled: bool
+
+    def check(self) -> None:
+        """Raises, naming the parameter, for anything the fused op would refuse."""
+        for work in self.fused:
+            _check_fused(work, self.scaled)
 
     def creates_buffers(self) -> bool:
         return any(b is None for g in self.fused if g.hyper.momentum != 0 for b in g.buffers)
@@ -139,75 +152,62 @@ class StepPlan:
             if work.group["momentum"] != 0:
                 new_buffers += list(zip(work.params, work.buffers))
         moved: dict[str, dict[torch.device, Tensor]] = {}
-        for work in self.fused:
-            new_buffers += _run_fused(work, grad_scale, found_inf, moved)
+        try:
+            for work in self.fused:
+                new_buffers += _run_fused(work, grad_scale, found_inf, moved)
+        except RuntimeError:
+            # A kernel refused its call before writing (with several calls, check() ran before
+            # the first): name the parameter if the step's checks can, else the kernel's words.
+            self.check()
+            raise
         # Only now, after every call was accepted, do buffers enter the state.
         for p, b in new_buffers:
             self.state[p]["momentum_buffer"] = b
 
 
 def plan(optimizer: Optimizer, scaled: bool) -> StepPlan:
-    """Checks every group and sorts its parameters; raises before anything is written."""
+    """Sorts every group's parameters, checking what decides where they go.
+
+    The tensors themselves (shapes, dtypes, devices, layouts, overlap) are checked by
+    :meth:`StepPlan.check` — here when the step makes more than one call, since an earlier call
+    would write before a later one refused; a single fused call checks its arguments itself
+    before writing, and :meth:`StepPlan.run` explains a refusal with the same checks.
+    """
     differentiable = optimizer.defaults["differentiable"]
     fused_work, torch_work = [], []
-    check = not torch.compiler.is_compiling()  # the kernels check again; tracing skips these
     for gi, group in enumerate(optimizer.param_groups):
         hyper = group_hyper(group, gi)
-        mine, theirs = _FusedGroup(group, hyper), _TorchGroup(group)
+        mine, theirs = _FusedGroup(group, gi, hyper), None
         with_momentum = hyper.momentum != 0
+        fused = group["fused"]
         for pi, p in enumerate(group["params"]):
             g = p.grad
             if g is None:
                 continue
-            state = optimizer.state.get(p)
-            buf = None if state is None or not with_momentum else state.get("momentum_buffer")
-            where = _where(gi, pi)
-            if group["fused"]:
+            buf = None
+            if with_momentum:
+                state = optimizer.state.get(p)
+                buf = None if state is None else state.get("momentum_buffer")
+                if buf is not None and not isinstance(buf, Tensor):
+                    raise TypeError(f"{_where(gi, pi)}: its momentum buffer is a "
+                                    f"{type(buf).__name__}, not a tensor")
+            if fused:
                 _device_dtype_check_for_fused(p)  # torch's own condition and message
-            if buf is not None and not isinstance(buf, Tensor):
-                raise TypeError(f"{where}: its momentum buffer is a {type(buf).__name__}, "
-                                "not a tensor")
             if differentiable or g.is_sparse or (buf is not None and buf.is_sparse):
-                # What torch's step would refuse part-way, refused here before any write, with
-                # torch's messages.
-                if group["fused"] and not differentiable:
-                    raise RuntimeError("`_fused_sgd` does not support sparse gradients")
-                if g.is_sparse and hyper.weight_decay != 0:
-                    raise RuntimeError(
-                        "add(sparse, dense) is not supported. Use add(dense, sparse) instead."
-                    )
-                if differentiable and torch.is_grad_enabled() and p.is_leaf and p.requires_grad:
-                    raise RuntimeError(
-                        "a leaf Variable that requires grad is being used in an in-place "
-                        "operation."
-                    )
-                if check and g.shape != p.shape:
-                    raise RuntimeError(f"{where}: its gradient has shape {list(g.shape)} but the "
-                                       f"parameter has shape {list(p.shape)}")
+                _check_torch_stepped(p, g, hyper, fused, differentiable, _where(gi, pi))
+                theirs = theirs or _TorchGroup(group)
                 theirs.params.append(p)
                 theirs.grads.append(g)
                 theirs.buffers.append(buf)
                 continue
-            if check:
-                if p.dtype not in _SUPPORTED_DTYPES:
-                    raise RuntimeError(f"{where} has dtype {p.dtype}; supported are float32, "
-                                       "float64, float16, bfloat16 and complex types")
-                _check_like(g, p, "gradient", where)
-                if buf is not None:
-                    _check_like(buf, p, "momentum buffer", where)
-                shared = _overlaps(p) or (buf is not None and _overlaps(buf))
-                if shared or (scaled and _overlaps(g)):
-                    raise RuntimeError(f"{where}: the parameter, its gradient or its momentum "
-                                       "buffer has elements that share memory (e.g. an expanded "
-                                       "tensor) and cannot be updated in place")
-                if p.dtype in _REDUCED:
-                    _check_alphas(hyper, p.dtype, gi)
             mine.params.append(p)
             mine.grads.append(g)
             mine.buffers.append(buf)
+            mine.indices.append(pi)
+            mine.kinds.add((p.device, p.dtype))
         if mine.params:
             fused_work.append(mine)
-        if theirs.params:
+        if theirs is not None:
             torch_work.append(theirs)
     if scaled and torch_work:
         raise RuntimeError(
@@ -216,7 +216,47 @@ def plan(optimizer: Optimizer, scaled: bool) -> StepPlan:
             "differentiable=True), which takes none; let torch.amp.GradScaler unscale (it does "
             "so by itself for such steps)"
         )
-    return StepPlan(optimizer.state, fused_work, torch_work)
+    step = StepPlan(optimizer.state, fused_work, torch_work, scaled)
+    calls = len(torch_work) + sum(len(work.kinds) for work in fused_work)
+    if calls > 1 and not torch.compiler.is_compiling():  # the kernels check again when traced
+        step.check()
+    return step
+
+
+def _check_torch_stepped(p, g, hyper, fused, differentiable, where):
+    # What torch's step would refuse part-way, refused before any write, with torch's messages.
+    if fused and not differentiable:
+        raise RuntimeError("`_fused_sgd` does not support sparse gradients")
+    if g.is_sparse and hyper.weight_decay != 0:
+        raise RuntimeError("add(sparse, dense) is not supported. Use add(dense, sparse) instead.")
+    if differentiable and torch.is_grad_enabled() and p.is_leaf and p.requires_grad:
+        raise RuntimeError(
+            "a leaf Variable that requires grad is being used in an in-place operation."
+        )
+    if g.shape != p.shape:
+        raise RuntimeError(f"{where}: its gradient has shape {list(g.shape)} but the parameter "
+                           f"has shape {list(p.shape)}")
+
+
+def _check_fused(work: _FusedGroup, scaled: bool) -> None:
+    """Everything the fused op would refuse in this group's tensors, named by parameter."""
+    strided = torch.strided
+    for p, g, buf, pi in zip(work.params, work.grads, work.buffers, work.indices):
+        dtype, shape, device = p.dtype, p.shape, p.device
+        if dtype not in _SUPPORTED_DTYPES:
+            raise RuntimeError(f"{_where(work.index, pi)} has dtype {dtype}; supported are "
+                               "float32, float64, float16, bfloat16 and complex types")
+        for t, what in ((g, "gradient"), (buf, "momentum buffer")):
+            if t is not None and (t.layout is not strided or t.shape != shape
+                                  or t.dtype != dtype or t.device != device):
+                _check_like(t, p, what, _where(work.index, pi))
+        shared = _overlaps(p) or (buf is not None and _overlaps(buf))
+        if shared or (scaled and _overlaps(g)):
+            raise RuntimeError(f"{_where(work.index, pi)}: the parameter, its gradient or its "
+                               "momentum buffer has elements that share memory (e.g. an "
+                               "expanded tensor) and cannot be updated in place")
+        if dtype in _REDUCED:
+            _check_alphas(work.hyper, dtype, work.index)
 
 
 def _per_device(t: Tensor | None, moved: dict, name: str, device: torch.device):
@@ -247,7 +287,7 @@ def _run_fused(work: _FusedGroup, grad_scale, found_inf, moved) -> list:
     if with_momentum:
         buffers = [torch.empty_like(p) if b is None else b for p, b in zip(params, work.buffers)]
     lists = [params, grads] + ([buffers] if with_momentum else [])
-    kinds = {(p.device, p.dtype) for p in params}
+    kinds = work.kinds
     if len(kinds) == 1 and not params[0].is_complex() and not torch.compiler.is_compiling():
         # The usual case, one bucket: skip the general grouping (several microseconds).
         ((device, _),) = kinds
