@@ -356,3 +356,40 @@ def test_portable_cpu_kernel(tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def _meta(t):
+    return torch.empty_like(t, device="meta")
+
+
+@pytest.mark.parametrize(
+    "name,spoil,match",
+    [
+        ("meta_grad", lambda c: c["grads"].__setitem__(1, _meta(c["grads"][1])),
+         r"grads\[1\] is on meta but params\[1\] is on cpu"),
+        ("meta_buffer", lambda c: c["bufs"].__setitem__(0, _meta(c["bufs"][0])),
+         r"momentum_buffers\[0\] is on meta but params\[0\] is on cpu"),
+        ("meta_param", lambda c: c["params"].__setitem__(1, _meta(c["params"][1])),
+         r"params\[1\] is on meta but params\[0\] is on cpu"),
+        ("meta_lr", lambda c: c.__setitem__("lr", torch.tensor(0.1, device="meta")),
+         r"lr is on meta but the params are on cpu"),
+        ("meta_grad_scale", lambda c: c.__setitem__("grad_scale", torch.ones((), device="meta")),
+         r"grad_scale is on meta but the params are on cpu"),
+        ("meta_found_inf", lambda c: c.__setitem__("found_inf", torch.zeros((), device="meta")),
+         r"found_inf is on meta but the params are on cpu"),
+    ],
+)
+def test_meta_tensors_among_cpu_ones_are_refused(name, spoil, match):
+    # The dispatcher sends a call with any meta tensor to the fake kernel, which must refuse a
+    # mix of devices as the real kernels do, instead of returning with nothing updated.
+    params, grads, bufs = make([(3, 4), (5,)], torch.float32, "cpu")
+    call = {"params": params, "grads": grads, "bufs": bufs, "lr": 0.1, "grad_scale": None,
+            "found_inf": None}
+    spoil(call)
+    before = clones([t for t in params + grads + bufs if t.device.type == "cpu"])
+    with pytest.raises(RuntimeError, match=match):
+        ops.fused_sgd_(call["params"], call["grads"], call["bufs"], [False, False],
+                       **dict(HYPER, lr=call["lr"]), grad_scale=call["grad_scale"],
+                       found_inf=call["found_inf"])
+    after = [t for t in params + grads + bufs if t.device.type == "cpu"]
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
