@@ -3,9 +3,10 @@
 A step touches several parameter groups, and within a group one ``torchext.fused_sgd_`` call per
 (device, dtype) bucket. Each call checks its own arguments before it writes, but a bad gradient
 in a later call would be found after earlier calls had written. So :func:`plan` first walks every
-group — hyper-parameters, gradients, momentum buffers, dtypes, devices, the ``fused=True``
-conditions — and raises, with the group and parameter named, before anything is written;
-:meth:`StepPlan.run` then makes the calls and stores new momentum buffers last.
+group — hyper-parameters, momentum buffers, the ``fused=True`` conditions and, when the step makes
+more than one call, every gradient's and buffer's shape, dtype, device and layout — and raises,
+with the group and parameter named, before anything is written; :meth:`StepPlan.run` then makes
+the calls and stores new momentum buffers last.
 
 Parameters that torch must step itself are handed to torch's own implementation
 (``torch.optim.sgd.sgd``), so their numbers are torch's by construction: parameters with a sparse

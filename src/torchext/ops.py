@@ -1,4 +1,4 @@
-"""Typed Python entry points to the torchext operators, and their fake kernels.
+"""Typed Python entry points to the torchext operators.
 
 The schemas, kernels, autograd and autocast are C++ (csrc/ops/); this module adds
 what only Python needs: readable wrappers, and (importing ``_fake`` and
