@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import torchext
-from torchext.__main__ import main, stock_fit, stock_twin
+from torchext.__main__ import main
 from torchext.cli_data import DataError, load_data, teacher_task
+from torchext.cli_job import stock_fit, stock_twin
 
 TINY = ["--samples", "96", "--epochs", "2", "--batch-size", "16", "--no-progress"]
 
@@ -114,7 +115,7 @@ def test_cross_entropy_on_the_teacher_task(capsys):
 
 def test_mismatch_gives_exit_status_1(monkeypatch, capsys):
     # A stock loop that skips its updates must be reported as a parity failure.
-    import torchext.__main__ as cli
+    import torchext.cli_job as cli
 
     def frozen(model, optimizer, loss_fn, x, y, epochs, batch_size, generator, progress):
         return [1.0] * epochs

@@ -84,13 +84,14 @@ class _ChainBuilder:
 
     def add_linear(self, module, name) -> bool:
         weight, bias = module._parameters.get("weight"), module._parameters.get("bias", None)
-        if not isinstance(weight, nn.Parameter) or weight is not module.weight or (
-                bias is not None and (not isinstance(bias, nn.Parameter) or bias is not module.bias)):
-            return False  # e.g. a parametrized weight, computed at each forward
-        if any(p is not None and (p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks",
-                                                                None))
-               for p in (weight, bias)):
-            return False
+        for p, attribute in ((weight, "weight"), (bias, "bias")):
+            if p is None and attribute == "bias":
+                continue
+            # A plain Parameter (not, say, a parametrized weight computed at each forward),
+            # without gradient hooks the core would not run.
+            if not isinstance(p, nn.Parameter) or p is not getattr(module, attribute) or \
+                    p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None):
+                return False
         prefix = f"{name}." if name else ""
         for key, value in (("weight", weight), ("bias", bias)):
             self.watch.append((module._parameters, key, value,

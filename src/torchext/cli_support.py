@@ -3,6 +3,7 @@
 - :class:`ArgumentParser`: argparse whose errors are one line on stderr (``prog: error: ...``) and
   exit status 2, instead of the whole usage block;
 - argument types that check ranges: :func:`integer`, :func:`real`, :func:`int_list`;
+- :func:`check_device` (``--device``) and :func:`print_error` (a caught error as that one line);
 - :func:`progress_bar` / :func:`fit_progress`: the tqdm progress bar, shown on a terminal.
 """
 
@@ -10,7 +11,10 @@ import argparse
 import math
 import sys
 
-__all__ = ["ArgumentParser", "integer", "real", "int_list", "progress_bar", "fit_progress"]
+import torch
+
+__all__ = ["ArgumentParser", "integer", "real", "int_list", "check_device", "print_error",
+           "progress_bar", "fit_progress"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -69,6 +73,29 @@ def int_list(lo=1, hi=2**31 - 1, what="sizes"):
         return values
 
     return parse
+
+
+def check_device(parser, device):
+    """Exits with a usage error unless ``device`` is the CPU or an available CUDA device."""
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        parser.error(f"--device must be cpu or cuda, got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            parser.error("--device cuda was asked for but torch sees no CUDA device")
+        try:
+            index = torch.device(device).index
+        except RuntimeError:
+            parser.error(f"--device {device!r} is not a device name")
+        if index is not None and index >= torch.cuda.device_count():
+            parser.error(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA devices")
+
+
+def print_error(prog, message):
+    """Prints the first line of ``message`` as ``prog: error: ...``; returns exit status 2."""
+    text = str(message).strip()
+    print(f"{prog}: error: {text.splitlines()[0] if text else type(message).__name__}",
+          file=sys.stderr)
+    return 2
 
 
 class _Bar:

@@ -32,8 +32,7 @@ from torch.optim import optimizer as _optimizer_module
 
 from . import _C, __version__
 from ._chain import extract_chain
-from ._checkpoint import (CheckpointError, checked_state, checksum, read_checkpoint,
-                          write_atomically)
+from ._checkpoint import CheckpointError, checked_state, checksum, read_checkpoint, write_atomically
 from ._eager import eager_evaluate, eager_fit, eager_step
 from .cli_support import fit_progress
 from .optim import SGD as TorchextSGD
