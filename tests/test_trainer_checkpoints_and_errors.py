@@ -212,11 +212,3 @@ def test_non_finite_loss_stops_fit_naming_epoch_and_step():
     y[40] = float("nan")  # the third batch of 16 holds row 40 when not shuffled
     with pytest.raises(RuntimeError, match="the loss became nan at epoch 0, step 2"):
         trainer.fit(x, y, batch_size=16, shuffle=False, progress=False)
-
-
-def test_a_model_moved_after_the_trainer_was_built_is_reported():
-    model, opt, trainer = seed_setup()
-    model.float()
-    x, y = next(batches(1, dtype=torch.float32))
-    with pytest.raises(RuntimeError, match="build a new Trainer after moving or converting"):
-        trainer.step(x, y)

@@ -222,15 +222,13 @@ def read_checkpoint(path, map_location, who):
         raise CheckpointError(f"{who}: cannot read {path}: {exc.strerror}") from None
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():
             raise CheckpointError(f"{who}: {path} holds objects other than tensors and plain "
                                   "containers, which a checkpoint never does; refused") from None
-        raise CheckpointError(f"{who}: {path} is damaged or not a torch.save file "
-                              f"({_first_line(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file
-        raise CheckpointError(f"{who}: {path} is damaged or not a torch.save file "
-                              f"({_first_line(exc)})") from None
+        if magic != b"PK\x03\x04":  # neither a zip archive nor a legacy torch.save pickle
+            raise CheckpointError(f"{who}: {path} is not a torch.save file") from None
+        raise CheckpointError(f"{who}: {path} is damaged ({_first_line(exc)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{who}: {path} is not a torchext.Trainer checkpoint (it holds a "
                               f"{type(state).__name__}, not a dict)")
