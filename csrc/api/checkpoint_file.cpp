@@ -39,7 +39,8 @@ std::string follow_links(std::string path, const char* who) {
     if (lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return path;
     std::vector<char> target(PATH_MAX + 1);
     const ssize_t n = readlink(path.c_str(), target.data(), PATH_MAX);
-    TORCH_CHECK(n >= 0, who, ": cannot read the symbolic link '", path, "': ", std::strerror(errno));
+    TORCH_CHECK(n >= 0, who, ": cannot read the symbolic link '", path,
+                "': ", std::strerror(errno));
     std::string next(target.data(), static_cast<size_t>(n));
     path = next.front() == '/' ? next : folder_of(path) + "/" + next;
   }
@@ -106,8 +107,8 @@ void write_file_atomically(const std::string& path, const std::vector<char>& byt
   const std::string folder = folder_of(target), prefix = temp_prefix(target);
   remove_stale_temps(folder, prefix);
   std::random_device random;
-  const std::string tmp = folder + "/" + prefix + std::to_string(getpid()) + "-" +
-                          std::to_string(random()) + ".tmp";
+  const std::string tmp =
+      folder + "/" + prefix + std::to_string(getpid()) + "-" + std::to_string(random()) + ".tmp";
   // 0666: the kernel applies the umask, as for a file torch.save creates.
   const int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   TORCH_CHECK(fd >= 0, who, ": cannot create a file in '", folder, "': ", std::strerror(errno));
@@ -150,8 +151,8 @@ void write_file_atomically(const std::string& path, const std::vector<char>& byt
 
 std::vector<char> read_checkpoint_bytes(const std::string& path, const char* who) {
   struct stat st {};
-  TORCH_CHECK(stat(path.c_str(), &st) == 0, who, ": '", path, "': ",
-              errno == ENOENT ? "no such file" : std::strerror(errno));
+  TORCH_CHECK(stat(path.c_str(), &st) == 0, who, ": '", path,
+              "': ", errno == ENOENT ? "no such file" : std::strerror(errno));
   TORCH_CHECK(S_ISREG(st.st_mode), who, ": '", path, "' is ", kind_of(st.st_mode),
               ", not a regular file");
   std::ifstream in(path, std::ios::binary);

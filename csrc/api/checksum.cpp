@@ -103,8 +103,9 @@ void verify_checkpoint_checksum(const c10::IValue& checkpoint, const std::string
   const auto dict = checkpoint.toGenericDict();
   const auto it = dict.find("checksum");
   if (it == dict.end()) return;  // written before checkpoints had checksums, or by hand
-  TORCH_CHECK(it->value().isString() && it->value().toStringRef() == checkpoint_checksum(checkpoint),
-              who, ": '", path, "' is damaged: its contents do not match its checksum");
+  TORCH_CHECK(
+      it->value().isString() && it->value().toStringRef() == checkpoint_checksum(checkpoint), who,
+      ": '", path, "' is damaged: its contents do not match its checksum");
 }
 
 }  // namespace torchext

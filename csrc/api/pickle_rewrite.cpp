@@ -60,7 +60,7 @@ c10::optional<std::string> rewrite_ordered_dicts(const std::string& in) {
     auto need = [&](size_t n) { return pos + 1 + n <= in.size(); };
     switch (op) {
       case '\x80': arg = 1; break;  // PROTO
-      case 'c': {  // GLOBAL module\nname\n
+      case 'c': {                   // GLOBAL module\nname\n
         const size_t a = in.find('\n', pos + 1);
         const size_t b = a == std::string::npos ? a : in.find('\n', a + 1);
         if (b == std::string::npos) return c10::nullopt;
@@ -69,37 +69,76 @@ c10::optional<std::string> rewrite_ordered_dicts(const std::string& in) {
         arg = b - pos;
         break;
       }
-      case 'q': case 'r':  // BINPUT, LONG_BINPUT: the bytes stay with the top entry
+      case 'q':
+      case 'r':  // BINPUT, LONG_BINPUT: the bytes stay with the top entry
         arg = op == 'q' ? 1 : 4;
         if (!need(arg) || stack.empty()) return c10::nullopt;
         memo[op == 'q' ? static_cast<uint8_t>(in[pos + 1]) : u32(pos + 1)] = stack.back().tag;
         break;
-      case 'h': case 'j':  // BINGET, LONG_BINGET
+      case 'h':
+      case 'j':  // BINGET, LONG_BINGET
         arg = op == 'h' ? 1 : 4;
         if (!need(arg)) return c10::nullopt;
         push(memo[op == 'h' ? static_cast<uint8_t>(in[pos + 1]) : u32(pos + 1)]);
         break;
-      case '}': case ']': case ')': case 'N': case '\x88': case '\x89':
-        push(Tag::Other); break;  // empty dict/list/tuple, None, True, False
-      case 'J': push(Tag::Other); arg = 4; break;  // BININT
-      case 'K': push(Tag::Other); arg = 1; break;  // BININT1
-      case 'M': push(Tag::Other); arg = 2; break;  // BININT2
-      case 'G': push(Tag::Other); arg = 8; break;  // BINFLOAT
-      case '\x8a': case 'U': case 'C':  // LONG1, SHORT_BINSTRING, SHORT_BINBYTES
+      case '}':
+      case ']':
+      case ')':
+      case 'N':
+      case '\x88':
+      case '\x89': push(Tag::Other); break;  // empty dict/list/tuple, None, True, False
+      case 'J':
+        push(Tag::Other);
+        arg = 4;
+        break;  // BININT
+      case 'K':
+        push(Tag::Other);
+        arg = 1;
+        break;  // BININT1
+      case 'M':
+        push(Tag::Other);
+        arg = 2;
+        break;  // BININT2
+      case 'G':
+        push(Tag::Other);
+        arg = 8;
+        break;  // BINFLOAT
+      case '\x8a':
+      case 'U':
+      case 'C':  // LONG1, SHORT_BINSTRING, SHORT_BINBYTES
         if (!need(1)) return c10::nullopt;
-        push(Tag::Other); arg = 1 + static_cast<uint8_t>(in[pos + 1]); break;
-      case 'X': case 'B': case 'T':  // BINUNICODE, BINBYTES, BINSTRING
+        push(Tag::Other);
+        arg = 1 + static_cast<uint8_t>(in[pos + 1]);
+        break;
+      case 'X':
+      case 'B':
+      case 'T':  // BINUNICODE, BINBYTES, BINSTRING
         if (!need(4)) return c10::nullopt;
-        push(Tag::Other); arg = 4 + u32(pos + 1); break;
+        push(Tag::Other);
+        arg = 4 + u32(pos + 1);
+        break;
       case '(': push(Tag::Mark); break;
-      case 't': case 'l': case 'd':  // TUPLE, LIST, DICT
+      case 't':
+      case 'l':
+      case 'd':  // TUPLE, LIST, DICT
         if (!fold(mark_depth(), Tag::Other)) return c10::nullopt;
         break;
-      case '\x85': if (!fold(1, Tag::Other)) return c10::nullopt; break;  // TUPLE1
-      case '\x86': if (!fold(2, Tag::Other)) return c10::nullopt; break;  // TUPLE2
-      case '\x87': if (!fold(3, Tag::Other)) return c10::nullopt; break;  // TUPLE3
-      case 'Q': if (!fold(1, Tag::Other)) return c10::nullopt; break;    // BINPERSID
-      case 'a': case 's': case 'e': case 'u': {  // APPEND, SETITEM, APPENDS, SETITEMS
+      case '\x85':
+        if (!fold(1, Tag::Other)) return c10::nullopt;
+        break;  // TUPLE1
+      case '\x86':
+        if (!fold(2, Tag::Other)) return c10::nullopt;
+        break;  // TUPLE2
+      case '\x87':
+        if (!fold(3, Tag::Other)) return c10::nullopt;
+        break;  // TUPLE3
+      case 'Q':
+        if (!fold(1, Tag::Other)) return c10::nullopt;
+        break;  // BINPERSID
+      case 'a':
+      case 's':
+      case 'e':
+      case 'u': {  // APPEND, SETITEM, APPENDS, SETITEMS
         const size_t n = op == 'a' ? 1 : op == 's' ? 2 : mark_depth();
         if (n == 0 || stack.size() < n + 1) return c10::nullopt;
         stack.resize(stack.size() - n);
@@ -135,8 +174,7 @@ c10::optional<std::string> rewrite_ordered_dicts(const std::string& in) {
       case '.':  // STOP
         out.append(in, pos, std::string::npos);
         return changed ? c10::optional<std::string>(out) : c10::nullopt;
-      default:
-        return c10::nullopt;
+      default: return c10::nullopt;
     }
     if (!need(arg)) return c10::nullopt;
     out.append(in, pos, 1 + arg);

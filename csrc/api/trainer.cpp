@@ -100,10 +100,10 @@ Trainer::Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer, const std
     }
   }
   for (const auto& item : model_->named_parameters()) {
-    TORCH_CHECK(!item.value().requires_grad() ||
-                    owned.count(item.value().unsafeGetTensorImpl()) != 0,
-                "torchext::Trainer: the optimizer does not own the model's parameter '",
-                item.key(), "' (it is in none of its param groups)");
+    TORCH_CHECK(
+        !item.value().requires_grad() || owned.count(item.value().unsafeGetTensorImpl()) != 0,
+        "torchext::Trainer: the optimizer does not own the model's parameter '", item.key(),
+        "' (it is in none of its param groups)");
   }
   adapter_ = std::make_unique<OptimizerAdapter>(*optimizer_, core_.parameters());
 }

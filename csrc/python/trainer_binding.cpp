@@ -41,7 +41,7 @@ namespace {
 
 std::atomic<bool> g_sigint_seen{false};
 struct sigaction g_python_sigint {};
-int g_watches = 0;                 // active SigintWatch objects; guarded by the GIL
+int g_watches = 0;                // active SigintWatch objects; guarded by the GIL
 unsigned long g_main_thread = 0;  // PyThread ident of the main thread
 
 extern "C" void forward_sigint(int sig, siginfo_t* info, void* context) {
@@ -177,8 +177,8 @@ class PyOptimizerLink final : public torchext::OptimizerLink {
     const double d = PyFloat_AsDouble(value.ptr());  // floats, ints, one-element tensors
     if (d == -1.0 && PyErr_Occurred()) {
       PyErr_Clear();
-      throw py::type_error("torchext.Trainer: optimizer.param_groups[" + std::to_string(g) +
-                           "]['" + key + "'] must be a number, got " +
+      throw py::type_error("torchext.Trainer: optimizer.param_groups[" + std::to_string(g) + "]['" +
+                           key + "'] must be a number, got " +
                            std::string(py::str(py::type::handle_of(value).attr("__name__"))));
     }
     return d;
@@ -227,8 +227,8 @@ class ModelWatch {
   explicit ModelWatch(const py::list& entries) {
     for (const py::handle item : entries) {
       const auto t = item.cast<py::tuple>();
-      entries_.push_back({t[0].cast<py::object>(), t[1].cast<py::object>(),
-                          t[2].cast<py::object>(), t[3].cast<std::string>()});
+      entries_.push_back({t[0].cast<py::object>(), t[1].cast<py::object>(), t[2].cast<py::object>(),
+                          t[3].cast<std::string>()});
       if (!PyDict_Check(entries_.back().dict.ptr())) {
         throw py::type_error("ModelWatch: entries must watch dicts");
       }
@@ -280,8 +280,7 @@ PyTrainer* make_trainer(const std::vector<at::Tensor>& weights,
   }
   torchext::TrainerCore core(std::move(layers), torchext::loss_from_name(loss));
   TORCH_CHECK(params.size() == core.parameters().size(),
-              "TrainerCore: params must list the core's ", core.parameters().size(),
-              " parameters");
+              "TrainerCore: params must list the core's ", core.parameters().size(), " parameters");
   for (size_t i = 0; i < params.size(); ++i) {
     TORCH_CHECK(THPVariable_Check(params[i].ptr()) &&
                     THPVariable_Unpack(params[i].ptr()).is_same(core.parameters()[i]),
@@ -341,13 +340,13 @@ void bind_trainer(py::module_& m) {
           py::arg("access"), py::arg("who"), py::keep_alive<0, 1>());
 
   py::class_<PyTrainer>(m, "TrainerCore")
-      .def(py::init(&make_trainer), py::arg("weights"), py::arg("biases"),
-           py::arg("activations"), py::arg("loss"), py::arg("optimizer"), py::arg("params"),
-           py::arg("watch"))
+      .def(py::init(&make_trainer), py::arg("weights"), py::arg("biases"), py::arg("activations"),
+           py::arg("loss"), py::arg("optimizer"), py::arg("params"), py::arg("watch"))
       .def_property_readonly("backend", [](const PyTrainer& t) { return t.core.backend(); })
       .def_property_readonly("steps", [](const PyTrainer& t) { return t.core.steps(); })
-      .def("set_steps", [](PyTrainer& t, int64_t steps) { t.core.set_steps(steps); },
-           "Sets the step count; hold the lock for 'write' around it.")
+      .def(
+          "set_steps", [](PyTrainer& t, int64_t steps) { t.core.set_steps(steps); },
+          "Sets the step count; hold the lock for 'write' around it.")
       .def_property_readonly(
           "lock", [](PyTrainer& t) -> torchext::TrainerLock& { return t.core.lock(); },
           py::return_value_policy::reference_internal)
@@ -382,7 +381,8 @@ void bind_trainer(py::module_& m) {
              py::gil_scoped_release no_gil;
              return t.core.evaluate(x, y, batch_size, SigintWatch::check);
            })
-      .def("use_reference_kernels",
-           [](PyTrainer& t, bool enabled) { t.core.use_reference_kernels(enabled); },
-           py::arg("enabled"), py::call_guard<py::gil_scoped_release>());
+      .def(
+          "use_reference_kernels",
+          [](PyTrainer& t, bool enabled) { t.core.use_reference_kernels(enabled); },
+          py::arg("enabled"), py::call_guard<py::gil_scoped_release>());
 }

@@ -85,10 +85,10 @@ struct FitOptions {
 
 // Called from fit now and then (at most every ~50 ms, and at each epoch's end).
 struct FitProgress {
-  int64_t epoch;          // 0-based
-  int64_t step;           // steps done in this epoch
+  int64_t epoch;  // 0-based
+  int64_t step;   // steps done in this epoch
   int64_t steps_per_epoch;
-  double mean_loss;       // sample-weighted mean loss of this epoch so far (NaN: not known yet)
+  double mean_loss;  // sample-weighted mean loss of this epoch so far (NaN: not known yet)
 };
 using ProgressCallback = std::function<void(const FitProgress&)>;
 

@@ -8,10 +8,11 @@
 namespace torchext {
 
 Activation activation_from_name(const std::string& name) {
-  static const std::map<std::string, Activation> names = {
-      {"identity", Activation::Identity}, {"relu", Activation::ReLU},
-      {"tanh", Activation::Tanh},         {"sigmoid", Activation::Sigmoid},
-      {"gelu", Activation::GELU}};
+  static const std::map<std::string, Activation> names = {{"identity", Activation::Identity},
+                                                          {"relu", Activation::ReLU},
+                                                          {"tanh", Activation::Tanh},
+                                                          {"sigmoid", Activation::Sigmoid},
+                                                          {"gelu", Activation::GELU}};
   auto it = names.find(name);
   TORCH_CHECK(it != names.end(), "torchext: unknown activation '", name,
               "'; expected identity, relu, tanh, sigmoid or gelu");

@@ -70,18 +70,17 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
   const int64_t samples = x.size(0);
   const int64_t batch = std::min(options.batch_size, samples);
   const int64_t steps_per_epoch = (samples + batch - 1) / batch;
-  TORCH_CHECK(options.epochs <= (std::numeric_limits<int64_t>::max() - impl.steps) /
-                                    steps_per_epoch,
-              who, ": ", options.epochs, " epochs of ", steps_per_epoch,
-              " steps overflow the step count");
+  TORCH_CHECK(
+      options.epochs <= (std::numeric_limits<int64_t>::max() - impl.steps) / steps_per_epoch, who,
+      ": ", options.epochs, " epochs of ", steps_per_epoch, " steps overflow the step count");
   std::vector<SGDGroup> groups = impl.begin_training(optimizer, who);
   at::NoGradGuard no_grad;
 
   const bool deferred = impl.defers_loss_checks();
   const at::Tensor xc = x.contiguous(), yc = y.contiguous();
   at::Tensor x_batch = at::empty({batch, x.size(1)}, xc.options());
-  at::Tensor y_batch = y.dim() == 2 ? at::empty({batch, y.size(1)}, yc.options())
-                                    : at::empty({batch}, yc.options());
+  at::Tensor y_batch =
+      y.dim() == 2 ? at::empty({batch, y.size(1)}, yc.options()) : at::empty({batch}, yc.options());
   impl.ws.ensure(model, batch);
 
   std::vector<double> epoch_losses;
@@ -138,8 +137,8 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
         if (options.interruption_point) options.interruption_point();
         if (progress && (Clock::now() - last_report > std::chrono::milliseconds(50))) {
           const double so_far = static_cast<double>(std::min(samples, (s + 1) * batch));
-          progress({epoch, s + 1, steps_per_epoch,
-                    deferred ? std::nan("") : weighted_sum / so_far});
+          progress(
+              {epoch, s + 1, steps_per_epoch, deferred ? std::nan("") : weighted_sum / so_far});
           last_report = Clock::now();
         }
       }
@@ -159,7 +158,8 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
       if (applied < issued) {
         const double value = device.losses[applied].item<double>();
         TORCH_CHECK(false, who, ": the loss became ", value, " at epoch ", epoch, ", step ",
-                    applied, "; training stopped (checked at the end of the epoch on this "
+                    applied,
+                    "; training stopped (checked at the end of the epoch on this "
                     "device: the updates from that step on were skipped, so the model keeps "
                     "the weights from before it; lower the learning rate or check the data)");
       }

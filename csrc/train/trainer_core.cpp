@@ -19,16 +19,16 @@ void TrainerCore::Impl::refresh(const char* who) {
   // The caller's tensors changed in place (model.double(), `.data = ...`): the
   // same tensors, so the model is rebuilt over them as they are now.
   const auto problem = train::model_problem(model.layers);
-  TORCH_CHECK(!problem, who, ": the model's parameters changed since the trainer was built and "
-              "the training core cannot run them as they are now (", *problem,
-              "); nothing was changed: restore them, or build a new trainer");
+  TORCH_CHECK(!problem, who,
+              ": the model's parameters changed since the trainer was built and "
+              "the training core cannot run them as they are now (",
+              *problem, "); nothing was changed: restore them, or build a new trainer");
   model = train::build_model(std::move(model.layers), model.loss);
   ws = train::Workspace();
   on_cuda = model.device.is_cuda();
 }
 
-std::vector<SGDGroup> TrainerCore::Impl::begin_training(OptimizerLink& optimizer,
-                                                         const char* who) {
+std::vector<SGDGroup> TrainerCore::Impl::begin_training(OptimizerLink& optimizer, const char* who) {
   train::read_trainable(model);
   TORCH_CHECK(model.first_trained_layer() < model.layers.size(), who,
               ": no parameter of the model requires grad; there is nothing to train");
@@ -37,8 +37,7 @@ std::vector<SGDGroup> TrainerCore::Impl::begin_training(OptimizerLink& optimizer
   return groups;
 }
 
-void TrainerCore::Impl::forward_backward(const at::Tensor& x, const at::Tensor& y,
-                                          bool backward) {
+void TrainerCore::Impl::forward_backward(const at::Tensor& x, const at::Tensor& y, bool backward) {
   if (use_cpu_kernels()) {
     train::forward_backward_cpu(model, ws, x, y, backward);
   } else {
@@ -73,8 +72,7 @@ void TrainerCore::use_reference_kernels(bool enabled) {
   impl_->reference_kernels = enabled;
 }
 
-at::Tensor TrainerCore::step(const at::Tensor& x, const at::Tensor& y,
-                             OptimizerLink& optimizer) {
+at::Tensor TrainerCore::step(const at::Tensor& x, const at::Tensor& y, OptimizerLink& optimizer) {
   constexpr const char* who = "torchext.Trainer.step";
   auto hold = impl_->lock.acquire(TrainerLock::Access::Run, who);
   Impl& impl = *impl_;
@@ -97,13 +95,12 @@ at::Tensor TrainerCore::predict(const at::Tensor& x) {
   Impl& impl = *impl_;
   impl.refresh(who);
   const Model& model = impl.model;
-  TORCH_CHECK(x.defined() && x.layout() == at::kStrided && x.dim() == 2 &&
-                  x.size(1) == model.in_features(),
-              who, ": input must be a dense tensor of shape [batch, ", model.in_features(),
-              "], got ", x.defined() ? x.sizes() : c10::IntArrayRef());
-  TORCH_CHECK(x.scalar_type() == model.dtype && x.device() == model.device, who,
-              ": input must be ", model.dtype, " on ", model.device, ", got ", x.scalar_type(),
-              " on ", x.device());
+  TORCH_CHECK(
+      x.defined() && x.layout() == at::kStrided && x.dim() == 2 && x.size(1) == model.in_features(),
+      who, ": input must be a dense tensor of shape [batch, ", model.in_features(), "], got ",
+      x.defined() ? x.sizes() : c10::IntArrayRef());
+  TORCH_CHECK(x.scalar_type() == model.dtype && x.device() == model.device, who, ": input must be ",
+              model.dtype, " on ", model.device, ", got ", x.scalar_type(), " on ", x.device());
   at::NoGradGuard no_grad;
   const at::Tensor xc = x.contiguous();
   impl.ws.ensure(model, xc.size(0));

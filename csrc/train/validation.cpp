@@ -19,12 +19,14 @@ std::string tensor_problem(const at::Tensor& t, const std::string& name) {
     return str(name, " is on ", device, "; the training core runs on CPU and CUDA devices");
   }
   if (t.scalar_type() != at::kFloat && t.scalar_type() != at::kDouble) {
-    return str(name, " is ", t.scalar_type(), "; the training core runs float32 and float64 models");
+    return str(name, " is ", t.scalar_type(),
+               "; the training core runs float32 and float64 models");
   }
   if (!t.is_contiguous()) return name + " is not contiguous";
   if (t.is_inference()) {
-    return name + " is an inference tensor (made under torch.inference_mode) and cannot be "
-                  "trained in place";
+    return name +
+           " is an inference tensor (made under torch.inference_mode) and cannot be "
+           "trained in place";
   }
   return "";
 }
@@ -167,8 +169,8 @@ void check_groups(const Model& model, const std::vector<SGDGroup>& groups, const
     const SGDGroup& group = groups[g];
     const size_t expected_buffers = group.options.momentum != 0 ? group.params.size() : 0;
     TORCH_CHECK(group.momentum_buffers.size() == expected_buffers, who, ": group ", g, " has ",
-                group.momentum_buffers.size(), " momentum buffer slots for ",
-                group.params.size(), " parameters with momentum ", group.options.momentum);
+                group.momentum_buffers.size(), " momentum buffer slots for ", group.params.size(),
+                " parameters with momentum ", group.options.momentum);
     for (size_t j = 0; j < group.params.size(); ++j) {
       const int64_t i = group.params[j];
       TORCH_CHECK(i >= 0 && i < static_cast<int64_t>(model.params.size()), who, ": group ", g,
@@ -185,8 +187,8 @@ void check_groups(const Model& model, const std::vector<SGDGroup>& groups, const
                   who, ": the momentum buffer of parameter ", i, " (group ", g, ") is ",
                   buf.scalar_type(), " ", buf.sizes(), " on ", buf.device(),
                   " but the parameter is ", p.scalar_type(), " ", p.sizes(), " on ", p.device());
-      TORCH_CHECK(at::has_internal_overlap(buf) != at::MemOverlap::Yes && !buf.is_inference(),
-                  who, ": the momentum buffer of parameter ", i,
+      TORCH_CHECK(at::has_internal_overlap(buf) != at::MemOverlap::Yes && !buf.is_inference(), who,
+                  ": the momentum buffer of parameter ", i,
                   " cannot be updated in place (an expanded or inference tensor)");
     }
   }

@@ -39,40 +39,40 @@ inline const std::vector<int64_t> kSeedSizes = {20, 30, 30, 40};  // the walk-th
 
 }  // namespace torchext_test
 
-#define TEST_CASE(name)                                                    \
-  void name();                                                             \
-  const torchext_test::Register register_##name(#name, name);              \
+#define TEST_CASE(name)                                       \
+  void name();                                                \
+  const torchext_test::Register register_##name(#name, name); \
   void name()
 
-#define EXPECT(cond)                                                                 \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::ostringstream message_;                                                   \
-      message_ << __FILE__ << ":" << __LINE__ << ": expected " #cond;                \
-      throw torchext_test::Failure{message_.str()};                                  \
-    }                                                                                \
+#define EXPECT(cond)                                                  \
+  do {                                                                \
+    if (!(cond)) {                                                    \
+      std::ostringstream message_;                                    \
+      message_ << __FILE__ << ":" << __LINE__ << ": expected " #cond; \
+      throw torchext_test::Failure{message_.str()};                   \
+    }                                                                 \
   } while (0)
 
 // `statement` must raise c10::Error whose message contains `text`.
-#define EXPECT_ERROR(statement, text)                                                \
-  do {                                                                               \
-    bool raised_ = false;                                                            \
-    try {                                                                            \
-      statement;                                                                     \
-    } catch (const c10::Error& e_) {                                                 \
-      raised_ = true;                                                                \
-      if (std::string(e_.what()).find(text) == std::string::npos) {                  \
-        std::ostringstream message_;                                                 \
-        message_ << __FILE__ << ":" << __LINE__ << ": error of " #statement          \
-                 << " lacks \"" << (text) << "\": " << e_.what_without_backtrace();  \
-        throw torchext_test::Failure{message_.str()};                                \
-      }                                                                              \
-    }                                                                                \
-    if (!raised_) {                                                                  \
-      std::ostringstream message_;                                                   \
-      message_ << __FILE__ << ":" << __LINE__ << ": " #statement " raised nothing";  \
-      throw torchext_test::Failure{message_.str()};                                  \
-    }                                                                                \
+#define EXPECT_ERROR(statement, text)                                                      \
+  do {                                                                                     \
+    bool raised_ = false;                                                                  \
+    try {                                                                                  \
+      statement;                                                                           \
+    } catch (const c10::Error& e_) {                                                       \
+      raised_ = true;                                                                      \
+      if (std::string(e_.what()).find(text) == std::string::npos) {                        \
+        std::ostringstream message_;                                                       \
+        message_ << __FILE__ << ":" << __LINE__ << ": error of " #statement << " lacks \"" \
+                 << (text) << "\": " << e_.what_without_backtrace();                       \
+        throw torchext_test::Failure{message_.str()};                                      \
+      }                                                                                    \
+    }                                                                                      \
+    if (!raised_) {                                                                        \
+      std::ostringstream message_;                                                         \
+      message_ << __FILE__ << ":" << __LINE__ << ": " #statement " raised nothing";        \
+      throw torchext_test::Failure{message_.str()};                                        \
+    }                                                                                      \
   } while (0)
 
 #ifdef TORCHEXT_TEST_MAIN

@@ -71,9 +71,9 @@ bool same_as_reference(Setup& s, double rtol = 1e-10) {
     const bool has = state != s.reference_optimizer->state().end();
     const auto mine = s.optimizer->momentum_buffer(a[i]);
     if (has != mine.defined()) return false;
-    if (has && !close(mine,
-                      static_cast<torch::optim::SGDParamState&>(*state->second).momentum_buffer(),
-                      rtol, 1e-12)) {
+    if (has &&
+        !close(mine, static_cast<torch::optim::SGDParamState&>(*state->second).momentum_buffer(),
+               rtol, 1e-12)) {
       return false;
     }
   }
@@ -272,8 +272,8 @@ TEST_CASE(load_state_dict_checks_everything_before_changing_anything) {
   EXPECT_ERROR(s.trainer->load_state_dict(negative), "'step' must be a non-negative integer");
   auto meta = source.trainer->state_dict().toGenericDict().copy();
   auto model_state = meta.at("model").toGenericDict().copy();
-  model_state.insert_or_assign("2.weight", torch::zeros({kSizes[2], kSizes[1]},
-                                                        torch::TensorOptions().device("meta")));
+  model_state.insert_or_assign(
+      "2.weight", torch::zeros({kSizes[2], kSizes[1]}, torch::TensorOptions().device("meta")));
   meta.insert_or_assign("model", model_state);
   EXPECT_ERROR(s.trainer->load_state_dict(meta), "must be a dense tensor with data");
   EXPECT(unchanged(before, s.model->parameters()) && s.trainer->steps() == 0);
