@@ -1,7 +1,8 @@
 """torch.ops.torchext.fused_sgd_ called directly, against torch's own SGD arithmetic.
 
-The reference is torch.optim.sgd._single_tensor_sgd (the per-tensor loop torch.optim.SGD runs on
-the CPU) applied to clones in the same test. Also: opcheck, every bad call (a clear error and
+The reference is torch.optim.SGD's default path (torch.optim.sgd._single_tensor_sgd on the CPU,
+_multi_tensor_sgd on CUDA) applied to clones in the same test; float16/bfloat16 must match it bit
+for bit. Also: opcheck, every bad call (a clear error and
 untouched tensors), GradScaler's grad_scale/found_inf, non-contiguous and zero-size tensors,
 reduced precision; the direct binding against torch.ops; the portable CPU spans.
 """
@@ -12,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from torch.optim.sgd import _single_tensor_sgd
+from torch.optim.sgd import _multi_tensor_sgd, _single_tensor_sgd
 
 import torchext  # noqa: F401  (registers the ops)
 from torchext import ops
@@ -48,11 +49,15 @@ def clones(ts):
 
 
 def reference(params, grads, bufs, first, hyper):
-    """torch's single-tensor SGD on clones: (params, buffers) after one step."""
+    """torch's default SGD path on clones: (params, buffers) after one step.
+
+    The default path is the per-tensor loop on the CPU and the _foreach kernels on CUDA.
+    """
+    step = _multi_tensor_sgd if params[0].is_cuda else _single_tensor_sgd
     params = clones(params)
     with_buf = hyper["momentum"] != 0
     buf_list = [None if f else b.clone() for b, f in zip(bufs, first)] if with_buf else []
-    _single_tensor_sgd(
+    step(
         params,
         clones(grads),
         buf_list if with_buf else [None] * len(params),
@@ -115,14 +120,26 @@ def test_matches_torch(
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("first", [True, False])
-def test_reduced_precision_matches_float32(device, dtype, first):
-    params, grads, bufs = make(SHAPES, dtype, device)
-    hyper = dict(HYPER, weight_decay=1e-2, nesterov=True)
-    up = [t.float() for t in params], [t.float() for t in grads], [t.float() for t in bufs]
-    expected_p, expected_b = reference(*up, [first] * len(SHAPES), hyper)
-    run_op(params, grads, bufs, [first] * len(SHAPES), hyper)
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"weight_decay": 1e-2, "nesterov": True}, {"dampening": 0.3, "maximize": True}],
+    ids=["momentum", "decay-nesterov", "dampening-maximize"],
+)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_reduced_precision_bit_identical_to_torch(device, dtype, first, changes, threads):
+    # torch rounds after each op of its step, and differently in its vectorised loops and their
+    # tails, whose places depend on how many threads split a large tensor (70001 elements here).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        params, grads, bufs = make(SHAPES, dtype, device)
+        hyper = dict(HYPER, **changes)
+        expected_p, expected_b = reference(params, grads, bufs, [first] * len(SHAPES), hyper)
+        run_op(params, grads, bufs, [first] * len(SHAPES), hyper)
+    finally:
+        torch.set_num_threads(previous)
     for actual, expected in zip(params + bufs, expected_p + expected_b):
-        torch.testing.assert_close(actual.float(), expected, rtol=1e-2, atol=1e-2)
+        assert torch.equal(actual, expected), (actual.float() - expected.float()).abs().max()
 
 
 @pytest.mark.parametrize("device", devices())
@@ -339,3 +356,40 @@ def test_portable_cpu_kernel(tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def _meta(t):
+    return torch.empty_like(t, device="meta")
+
+
+@pytest.mark.parametrize(
+    "name,spoil,match",
+    [
+        ("meta_grad", lambda c: c["grads"].__setitem__(1, _meta(c["grads"][1])),
+         r"grads\[1\] is on meta but params\[1\] is on cpu"),
+        ("meta_buffer", lambda c: c["bufs"].__setitem__(0, _meta(c["bufs"][0])),
+         r"momentum_buffers\[0\] is on meta but params\[0\] is on cpu"),
+        ("meta_param", lambda c: c["params"].__setitem__(1, _meta(c["params"][1])),
+         r"params\[1\] is on meta but params\[0\] is on cpu"),
+        ("meta_lr", lambda c: c.__setitem__("lr", torch.tensor(0.1, device="meta")),
+         r"lr is on meta but the params are on cpu"),
+        ("meta_grad_scale", lambda c: c.__setitem__("grad_scale", torch.ones((), device="meta")),
+         r"grad_scale is on meta but the params are on cpu"),
+        ("meta_found_inf", lambda c: c.__setitem__("found_inf", torch.zeros((), device="meta")),
+         r"found_inf is on meta but the params are on cpu"),
+    ],
+)
+def test_meta_tensors_among_cpu_ones_are_refused(name, spoil, match):
+    # The dispatcher sends a call with any meta tensor to the fake kernel, which must refuse a
+    # mix of devices as the real kernels do, instead of returning with nothing updated.
+    params, grads, bufs = make([(3, 4), (5,)], torch.float32, "cpu")
+    call = {"params": params, "grads": grads, "bufs": bufs, "lr": 0.1, "grad_scale": None,
+            "found_inf": None}
+    spoil(call)
+    before = clones([t for t in params + grads + bufs if t.device.type == "cpu"])
+    with pytest.raises(RuntimeError, match=match):
+        ops.fused_sgd_(call["params"], call["grads"], call["bufs"], [False, False],
+                       **dict(HYPER, lr=call["lr"]), grad_scale=call["grad_scale"],
+                       found_inf=call["found_inf"])
+    after = [t for t in params + grads + bufs if t.device.type == "cpu"]
+    assert all(torch.equal(a, b) for a, b in zip(after, before))

@@ -238,3 +238,25 @@ def test_error_backward_grad_output_shape():
         torchext.ops.linear_backward(
             torch.randn(4, 3), torch.randn(4, 3), torch.randn(2, 3), [True, True, True]
         )
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((torch.randn(4, 3), torch.randn(4, 3), torch.randn(2, 3, device="meta")),
+         "weight is on meta but input is on cpu"),
+        ((torch.randn(4, 2, device="meta"), torch.randn(4, 3), torch.randn(2, 3)),
+         "grad_output is on meta but input is on cpu"),
+        ((torch.randn(4, 2), torch.randn(4, 3, device="meta"), torch.randn(2, 3)),
+         "weight is on cpu but input is on meta"),
+    ],
+    ids=["meta_weight", "meta_grad_output", "meta_input"],
+)
+def test_error_backward_meta_among_cpu_tensors(args, match):
+    with pytest.raises(RuntimeError, match=match):
+        torchext.ops.linear_backward(*args, [True, True, True])
+
+
+def test_error_meta_bias_among_cpu_tensors():
+    with pytest.raises(RuntimeError, match="bias is on meta but input is on cpu"):
+        linear(torch.randn(4, 3), torch.randn(2, 3), torch.randn(2, device="meta"))

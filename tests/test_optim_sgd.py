@@ -329,13 +329,6 @@ def test_complex_params():
     assert ours.state[params[0]]["momentum_buffer"].dtype == torch.complex128
 
 
-def test_sparse_gradients_are_refused():
-    param = torch.zeros(4, requires_grad=True)
-    param.grad = torch.zeros(4).to_sparse()
-    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
-        torchext.optim.SGD([param], lr=0.1, momentum=0.9).step()
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_params_on_several_devices():
     params = make_params(torch.float32, "cpu")[:2] + make_params(torch.float32, "cuda")[2:]

@@ -1,76 +1,37 @@
 """``torchext.nn``: modules backed by torchext's C++/CUDA operators.
 
-``Linear`` is a drop-in twin of ``torch.nn.Linear``: same constructor, same
-initialisation (same seed, bit-identical parameters), same ``state_dict`` keys,
-``extra_repr`` and behaviour on any leading batch dims, 1-D and empty inputs;
-its forward and backward run ``torch.ops.torchext.linear`` /
-``torch.ops.torchext.linear_backward``.
+``Linear`` is a ``torch.nn.Linear`` (a subclass: same constructor, initialisation,
+``state_dict``, ``extra_repr``; any leading batch dims, 1-D and empty inputs) whose
+forward and backward run ``torch.ops.torchext.linear`` /
+``torch.ops.torchext.linear_backward``. ``MLP`` chains them.
 """
-
-import math
 
 import torch
 from torch import Tensor
-from torch.nn import Module, Parameter, init
 
 from .ops import linear
 
 __all__ = ["Linear", "MLP"]
 
 
-class Linear(Module):
-    r"""Applies an affine transformation ``y = x Aᵀ + b``, like ``torch.nn.Linear``.
+class Linear(torch.nn.Linear):
+    r"""``torch.nn.Linear`` whose forward runs torchext's operators.
 
-    Args:
-        in_features: size of each input sample.
-        out_features: size of each output sample.
-        bias: if ``False``, the layer learns no additive bias. Default: ``True``.
-        device, dtype: where and in which floating type the parameters are created.
+    A subclass of :class:`torch.nn.Linear`, so ``isinstance(m, torch.nn.Linear)`` holds and
+    everything that looks for ``nn.Linear`` (weight-init loops, wrap policies, adapters) finds
+    it. Constructor (``in_features, out_features, bias=True, device=None, dtype=None``),
+    parameters, initialisation (same seed, bit-identical values), ``reset_parameters``,
+    ``extra_repr``, repr and ``state_dict`` are ``torch.nn.Linear``'s own. ``forward`` is
+    :func:`torchext.ops.linear`: ``torch.ops.torchext.linear`` and, in backward,
+    ``torch.ops.torchext.linear_backward``, with autocast, forward-mode AD, vmap rules and
+    every torch.func transform; it scripts with ``torch.jit.script``.
 
     Shape:
         input ``(*, in_features)``, output ``(*, out_features)``.
-
-    Attributes:
-        weight: ``(out_features, in_features)``, initialised from
-            :math:`\mathcal{U}(-\sqrt{k}, \sqrt{k})` with :math:`k = 1/\text{in\_features}`.
-        bias: ``(out_features,)``, same distribution, or ``None``.
     """
-
-    __constants__ = ["in_features", "out_features"]
-    in_features: int
-    out_features: int
-    weight: Tensor
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 device=None, dtype=None) -> None:
-        factory_kwargs = {"device": device, "dtype": dtype}
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.weight = Parameter(torch.empty((out_features, in_features), **factory_kwargs))
-        if bias:
-            self.bias = Parameter(torch.empty(out_features, **factory_kwargs))
-        else:
-            self.register_parameter("bias", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        # The same draws, in the same order, as torch.nn.Linear.reset_parameters,
-        # so that one seed gives bit-identical parameters in both modules.
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            init.uniform_(self.bias, -bound, bound)
 
     def forward(self, input: Tensor) -> Tensor:
         return linear(input, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}"
-        )
 
 
 # name -> activation module, for MLP and for recognising chains in torchext.Trainer.

@@ -1,8 +1,9 @@
-"""Typed Python entry points to the torchext operators, and their fake kernels.
+"""Typed Python entry points to the torchext operators.
 
-The schemas are defined in C++ (csrc/ops/registration.cpp); this module only
-adds what Python needs: readable wrappers and ``register_fake`` shape functions
-so that ``torch.compile(fullgraph=True)`` traces through the ops.
+The schemas, kernels, autograd and autocast are C++ (csrc/ops/); this module adds
+what only Python needs: readable wrappers, and (importing ``_fake`` and
+``_batching``) the fake kernels that let ``torch.compile`` and ``torch.export``
+trace the ops and the vmap rules of ``torch.func``.
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -26,17 +27,21 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
 
     Plain tensors take the direct binding (``_C.linear``), a few microseconds
     cheaper per call than the generic ``torch.ops`` path. Both reach the same
-    dispatcher entry; ``torch.ops`` is kept wherever Python-level dispatch must
-    see the call: under ``torch.compile``, tensor subclasses and
-    ``__torch_function__`` modes.
+    dispatcher entry (so autograd, forward AD, autocast, vmap and the torch.func
+    transforms behave the same); ``torch.ops`` is kept wherever Python-level
+    dispatch must see the call: under ``torch.compile``, tensor subclasses and
+    ``__torch_function__`` modes. TorchScript compiles only the first branch.
     """
-    if (
-        not torch.compiler.is_compiling()
-        and type(input) is Tensor
-        and not torch._C._is_torch_function_mode_enabled()
-    ):
-        return _C.linear(input, weight, bias)
-    return _linear(input, weight, bias)
+    if torch.jit.is_scripting():
+        return torch.ops.torchext.linear(input, weight, bias)
+    else:
+        if (
+            not torch.compiler.is_compiling()
+            and type(input) is Tensor
+            and not torch._C._is_torch_function_mode_enabled()
+        ):
+            return _C.linear(input, weight, bias)
+        return _linear(input, weight, bias)
 
 
 def linear_backward(
@@ -101,95 +106,5 @@ def fused_sgd_(
     )
 
 
-# ---------------------------------------------------------------------------
-# Fake kernels: output metadata only, with the same checks as the C++ kernels.
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    # The names C++ error messages use (c10::ScalarType), e.g. Float, Double, Half.
-    return {
-        torch.float64: "Double", torch.float32: "Float", torch.float16: "Half",
-        torch.bfloat16: "BFloat16",
-    }.get(dtype, str(dtype).replace("torch.", ""))
-
-
-def _check_same_dtype_and_device(name: str, t: Tensor, input: Tensor) -> None:
-    torch._check(
-        t.dtype == input.dtype,
-        lambda: (
-            f"torchext.linear: {name} is {_dtype_name(t.dtype)} but input is "
-            f"{_dtype_name(input.dtype)}; they must have the same dtype"
-        ),
-    )
-    torch._check(
-        t.device == input.device,
-        lambda: (
-            f"torchext.linear: {name} is on {t.device} but input is on {input.device}; "
-            "they must be on the same device"
-        ),
-    )
-
-
-def _check_linear_args(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
-    # Mirrors check_linear_args in csrc/ops/linear_common.h, message for message.
-    torch._check(
-        weight.dim() == 2,
-        lambda: (
-            "torchext.linear: weight must be 2-D [out_features, in_features], got shape "
-            f"{list(weight.shape)}"
-        ),
-    )
-    torch._check(
-        input.dim() >= 1,
-        lambda: "torchext.linear: input must have at least 1 dimension, got a 0-d tensor",
-    )
-    for name, t in (("input", input), ("weight", weight)):
-        torch._check(
-            t.dtype.is_floating_point,
-            lambda name=name, t=t: (
-                f"torchext.linear: expected a floating-point {name}, got {_dtype_name(t.dtype)}"
-            ),
-        )
-    _check_same_dtype_and_device("weight", weight, input)
-    torch._check(
-        input.shape[-1] == weight.shape[1],
-        lambda: (
-            "torchext.linear: input and weight shapes cannot be multiplied "
-            f"({input.numel() // max(input.shape[-1], 1)}x{input.shape[-1]} and "
-            f"{weight.shape[1]}x{weight.shape[0]}): the input's last dimension "
-            f"({input.shape[-1]}) must equal in_features ({weight.shape[1]})"
-        ),
-    )
-    if bias is not None:
-        _check_same_dtype_and_device("bias", bias, input)
-        torch._check(
-            bias.dim() == 1 and bias.shape[0] == weight.shape[0],
-            lambda: (
-                f"torchext.linear: bias must have shape [{weight.shape[0]}], "
-                f"got {list(bias.shape)}"
-            ),
-        )
-
-
-@torch.library.register_fake("torchext::linear")
-def _linear_fake(input, weight, bias=None):
-    _check_linear_args(input, weight, bias)
-    return input.new_empty((*input.shape[:-1], weight.shape[0]))
-
-
-@torch.library.register_fake("torchext::linear_backward")
-def _linear_backward_fake(grad_output, input, weight, output_mask):
-    grad_input = torch.empty_like(input) if output_mask[0] else None
-    grad_weight = torch.empty_like(weight) if output_mask[1] else None
-    grad_bias = grad_output.new_empty((weight.shape[0],)) if output_mask[2] else None
-    return grad_input, grad_weight, grad_bias
-
-
-@torch.library.register_fake("torchext::fused_sgd_")
-def _fused_sgd_fake(params, grads, momentum_buffers, is_first_step, **kwargs):
-    return None
-
-
-@torch.library.register_fake("torchext::fused_sgd_.tensor_lr")
-def _fused_sgd_tensor_lr_fake(params, grads, momentum_buffers, is_first_step, **kwargs):
-    return None
+# Registered after the wrappers exist: fake kernels (torch.compile, meta tensors) and vmap rules.
+from . import _batching, _fake  # noqa: E402, F401

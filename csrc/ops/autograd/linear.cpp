@@ -1,147 +1,164 @@
-// Autograd for torchext::linear and torchext::linear_backward, in C++.
+// Autograd kernels of torchext::linear and torchext::linear_backward, in C++.
 //
-// Registered under the Autograd key so LibTorch programs get gradients too.
-// linear's backward calls the linear_backward op, and linear_backward's own
-// backward is written with linear and linear_backward again, so derivatives of
-// any order (gradgradcheck, create_graph=True) go through torchext's kernels.
-//
-// Legend: X input [*, I], W weight [O, I], gY grad_output [*, O];
-// linear_backward(gY, X, W) = (gX = gY·W, gW = gYᵀ·X, gb = Σ gY).
+// Registered under the Autograd key, so LibTorch programs get gradients too.
+// Each kernel runs the op below autograd, then records history the way
+// PyTorch's generated kernels do: a named backward node (linear_nodes.h) for
+// reverse mode, and a tangent for forward mode (torch.autograd.forward_ad,
+// torch.func.jvp/jacfwd), both computed with torchext's own ops so that every
+// order of derivative stays differentiable. Tangents are formed from the
+// inputs' primals (`_fw_primal`), as in PyTorch's kernels: a tangent must not
+// itself carry a tangent of the same level.
+#include "ops/autograd/linear_nodes.h"
+
 #include <torchext/ops.h>
 
 #include <ATen/ATen.h>
-#include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
+
+#include <type_traits>
 
 namespace torchext {
 namespace {
 
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
+using torch::autograd::SavedVariable;
 
-class LinearFunction : public torch::autograd::Function<LinearFunction> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
-                            const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-    // The bias is saved only so backward knows whether there is one (an
-    // undefined tensor otherwise); cheaper than a saved_data entry.
-    ctx->save_for_backward({input, weight, bias.has_value() ? *bias : at::Tensor()});
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return torchext::linear(input, weight, bias);
+// Forward-mode AD has one level in eager mode (0); functorch maps its own
+// levels onto it per wrapper, as it does for PyTorch's kernels.
+constexpr uint64_t kForwardLevel = 0;
+
+// A node owned the way this torch's autograd graph owns nodes (an intrusive
+// pointer in recent releases, a shared pointer in older ones).
+template <typename T>
+auto make_node() {
+  using NodePtr = decltype(torch::autograd::Edge::function);
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<torch::autograd::Node>>) {
+    return std::shared_ptr<T>(new T());
+  } else {
+    return c10::make_intrusive<T>();
   }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor& grad_output = grads[0];
-    if (!grad_output.defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
-    // Without a bias the node has no third input to ask about.
-    const bool has_bias = saved[2].defined();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      has_bias && ctx->needs_input_grad(2)};
-    auto [grad_input, grad_weight, grad_bias] =
-        torchext::linear_backward(grad_output, saved[0], saved[1], mask);
-    return {std::move(grad_input), std::move(grad_weight), std::move(grad_bias)};
-  }
-};
-
-// Derivatives of (gX, gW, gb) = linear_backward(gY, X, W), given their incoming
-// gradients (ggX [*, I], ggW [O, I], ggb [O]):
-//   d gY = ggX·Wᵀ + X·ggWᵀ + ggb  = linear(ggX, W) + linear(X, ggW) + ggb
-//   d X  = gY·ggW                 = linear(gY, ggWᵀ)
-//   d W  = gYᵀ·ggX                = the weight gradient of linear_backward(gY, ggX, W)
-// (Calls are qualified: unqualified, argument-dependent lookup would also find
-// at::linear and at::linear_backward.)
-class LinearBackwardFunction : public torch::autograd::Function<LinearBackwardFunction> {
- public:
-  // Returns only the gradients output_mask asks for: autograd cannot attach
-  // history to undefined outputs, so the masked-out ones are left out here and
-  // restored as undefined tensors by linear_backward_autograd.
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& grad_output,
-                               const at::Tensor& input, const at::Tensor& weight,
-                               std::array<bool, 3> output_mask) {
-    ctx->save_for_backward({grad_output, input, weight});
-    ctx->saved_data["output_mask"] = c10::List<bool>({output_mask[0], output_mask[1], output_mask[2]});
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [grad_input, grad_weight, grad_bias] =
-        torchext::linear_backward(grad_output, input, weight, output_mask);
-    variable_list outputs;
-    for (at::Tensor* grad : {&grad_input, &grad_weight, &grad_bias}) {
-      if (grad->defined()) outputs.push_back(std::move(*grad));
-    }
-    return outputs;
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const at::Tensor& grad_output = saved[0];
-    const at::Tensor& input = saved[1];
-    const at::Tensor& weight = saved[2];
-    // Spread the incoming gradients back over (input, weight, bias) slots.
-    const c10::List<bool> output_mask = ctx->saved_data["output_mask"].toBoolList();
-    std::array<at::Tensor, 3> incoming;
-    for (size_t slot = 0, next = 0; slot < 3; ++slot) {
-      if (output_mask[slot]) incoming[slot] = grads[next++];
-    }
-    const at::Tensor& gg_input = incoming[0];
-    const at::Tensor& gg_weight = incoming[1];
-    const at::Tensor& gg_bias = incoming[2];
-
-    at::Tensor d_grad_output, d_input, d_weight;
-    if (ctx->needs_input_grad(0)) {
-      if (gg_input.defined()) d_grad_output = torchext::linear(gg_input, weight);
-      if (gg_weight.defined()) {
-        at::Tensor term = torchext::linear(input, gg_weight);
-        d_grad_output = d_grad_output.defined() ? d_grad_output + term : term;
-      }
-      if (gg_bias.defined()) {
-        d_grad_output = d_grad_output.defined()
-                            ? d_grad_output + gg_bias
-                            : gg_bias.expand(grad_output.sizes()).clone();
-      }
-    }
-    if (ctx->needs_input_grad(1) && gg_weight.defined()) {
-      d_input = torchext::linear(grad_output, gg_weight.t());
-    }
-    if (ctx->needs_input_grad(2) && gg_input.defined()) {
-      d_weight = std::get<1>(
-          torchext::linear_backward(grad_output, gg_input, weight, {false, true, false}));
-    }
-    return {d_grad_output, d_input, d_weight, at::Tensor()};
-  }
-};
-
-bool any_requires_grad(std::initializer_list<const at::Tensor*> tensors) {
-  for (const at::Tensor* t : tensors) {
-    if (t->defined() && t->requires_grad()) return true;
-  }
-  return false;
 }
 
-at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight,
-                           const c10::optional<at::Tensor>& bias) {
-  const at::Tensor& bias_or_undefined = bias.has_value() ? *bias : at::Tensor();
-  // Function::apply builds a graph node even when none is needed; skip it
-  // under no_grad or when nothing requires grad (inference, the optimizer).
-  if (!at::GradMode::is_enabled() || !any_requires_grad({&input, &weight, &bias_or_undefined})) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return torchext::linear(input, weight, bias);
+at::Tensor tangent_of(const at::Tensor &t) {
+  return t.defined() ? t._fw_grad(kForwardLevel) : at::Tensor();
+}
+
+at::Tensor primal_of(const at::Tensor &t) {
+  return tangent_of(t).defined() ? t._fw_primal(kForwardLevel) : t;
+}
+
+c10::optional<at::Tensor> optional(const at::Tensor &t) {
+  return t.defined() ? c10::optional<at::Tensor>(t) : c10::nullopt;
+}
+
+// a + b where either may be undefined (an undefined tangent is a zero one).
+at::Tensor sum_defined(const at::Tensor &a, const at::Tensor &b) {
+  if (!a.defined()) return b;
+  if (!b.defined()) return a;
+  return a + b;
+}
+
+// ---------------------------------------------------------------------------
+// linear: y = X Wᵀ + b.
+
+// dy = dX Wᵀ + X dWᵀ + db.
+at::Tensor linear_tangent(const at::Tensor &input, const at::Tensor &weight, const at::Tensor &bias,
+                          const at::Tensor &output) {
+  const at::Tensor d_input = tangent_of(input), d_weight = tangent_of(weight);
+  const at::Tensor d_bias = tangent_of(bias);
+  at::Tensor tangent;
+  if (d_input.defined()) {
+    tangent = torchext::linear(d_input, primal_of(weight), optional(d_bias));
   }
-  return LinearFunction::apply(input, weight, bias);
+  if (d_weight.defined()) {
+    const at::Tensor term = torchext::linear(primal_of(input), d_weight,
+                                             tangent.defined() ? c10::nullopt : optional(d_bias));
+    tangent = sum_defined(tangent, term);
+  }
+  if (!tangent.defined()) tangent = d_bias.expand(output.sizes()).clone();
+  return tangent;
+}
+
+at::Tensor linear_autograd(const at::Tensor &input, const at::Tensor &weight,
+                           const c10::optional<at::Tensor> &bias) {
+  const at::Tensor bias_or_undefined = bias.has_value() ? *bias : at::Tensor();
+  at::Tensor output;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    output = torchext::linear(input, weight, bias);
+  }
+  if (torch::autograd::compute_requires_grad(input, weight, bias_or_undefined)) {
+    auto node = make_node<autograd::LinearBackward0>();
+    node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias_or_undefined));
+    node->input_ = SavedVariable(input, /*is_output=*/false);
+    node->weight_ = SavedVariable(weight, /*is_output=*/false);
+    node->has_bias_ = bias_or_undefined.defined();
+    torch::autograd::set_history(output, node);
+  }
+  if (tangent_of(input).defined() || tangent_of(weight).defined() ||
+      tangent_of(bias_or_undefined).defined()) {
+    output._set_fw_grad(linear_tangent(input, weight, bias_or_undefined, output), kForwardLevel,
+                        /*is_inplace_op=*/false);
+  }
+  return output;
+}
+
+// ---------------------------------------------------------------------------
+// linear_backward: (gX, gW, gb) = (gY·W, gYᵀ·X, Σ gY), each a product that is
+// linear in each of its two factors, so its tangent is a sum of
+// linear_backward calls with one factor replaced by its tangent.
+
+std::array<at::Tensor, 3> linear_backward_tangents(const at::Tensor &grad_output,
+                                                   const at::Tensor &input,
+                                                   const at::Tensor &weight,
+                                                   std::array<bool, 3> mask) {
+  const at::Tensor d_grad_output = tangent_of(grad_output), d_input = tangent_of(input);
+  const at::Tensor d_weight = tangent_of(weight);
+  const at::Tensor go = primal_of(grad_output), x = primal_of(input), w = primal_of(weight);
+  std::array<at::Tensor, 3> tangents;
+  auto add = [&](const std::tuple<at::Tensor, at::Tensor, at::Tensor> &terms) {
+    tangents[0] = sum_defined(tangents[0], std::get<0>(terms));
+    tangents[1] = sum_defined(tangents[1], std::get<1>(terms));
+    tangents[2] = sum_defined(tangents[2], std::get<2>(terms));
+  };
+  if (d_grad_output.defined()) add(torchext::linear_backward(d_grad_output, x, w, mask));
+  if (d_input.defined() && mask[1])
+    add(torchext::linear_backward(go, d_input, w, {false, true, false}));
+  if (d_weight.defined() && mask[0])
+    add(torchext::linear_backward(go, x, d_weight, {true, false, false}));
+  return tangents;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_autograd(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor &grad_output, const at::Tensor &input, const at::Tensor &weight,
     std::array<bool, 3> output_mask) {
-  if (!at::GradMode::is_enabled() || !any_requires_grad({&grad_output, &input, &weight})) {
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
+  {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return torchext::linear_backward(grad_output, input, weight, output_mask);
+    grads = torchext::linear_backward(grad_output, input, weight, output_mask);
   }
-  variable_list computed = LinearBackwardFunction::apply(grad_output, input, weight, output_mask);
-  std::array<at::Tensor, 3> grads;
-  for (size_t slot = 0, next = 0; slot < 3; ++slot) {
-    if (output_mask[slot]) grads[slot] = std::move(computed[next++]);
+  auto &[grad_input, grad_weight, grad_bias] = grads;
+  if (torch::autograd::compute_requires_grad(grad_output, input, weight)) {
+    auto node = make_node<autograd::LinearBackwardBackward0>();
+    node->set_next_edges(torch::autograd::collect_next_edges(grad_output, input, weight));
+    node->grad_output_ = SavedVariable(grad_output, /*is_output=*/false);
+    node->input_ = SavedVariable(input, /*is_output=*/false);
+    node->weight_ = SavedVariable(weight, /*is_output=*/false);
+    node->output_mask_ = output_mask;
+    torch::autograd::set_history({grad_input, grad_weight, grad_bias}, node);
   }
-  return {grads[0], grads[1], grads[2]};
+  if (tangent_of(grad_output).defined() || tangent_of(input).defined() ||
+      tangent_of(weight).defined()) {
+    auto tangents = linear_backward_tangents(grad_output, input, weight, output_mask);
+    at::Tensor *outputs[3] = {&grad_input, &grad_weight, &grad_bias};
+    for (size_t k = 0; k < 3; ++k) {
+      if (outputs[k]->defined() && tangents[k].defined()) {
+        outputs[k]->_set_fw_grad(tangents[k], kForwardLevel,
+                                 /*is_inplace_op=*/false);
+      }
+    }
+  }
+  return grads;
 }
 
 }  // namespace

@@ -3,13 +3,16 @@
 // tensors. Small steps run whole tensors on the calling thread; large ones are
 // split into chunks that torch's intra-op thread count of threads share.
 //
-// float32/float64 run the AVX2+FMA spans of fused_sgd_avx2.cpp where the CPU has
-// them; everything else runs the portable spans below (at::vec, which in this
-// build is its generic implementation since the extension has no ISA flags).
+// Where the CPU has AVX2+FMA (and torch runs its AVX2/AVX-512 kernels), the
+// spans of fused_sgd_avx2.cpp (float32/float64) and fused_sgd_avx2_reduced.cpp
+// (float16/bfloat16) run; elsewhere the portable spans below and in
+// fused_sgd_reduced.cpp (at::vec, which in this build is its generic
+// implementation since the extension has no ISA flags).
 //
 // This file is also the reference for csrc/ops/cuda/fused_sgd.cu: `sgd_update`
 // below is the order of operations of torch.optim.SGD (_single_tensor_sgd),
-//   g = grad / grad_scale            (only with grad_scale; written back to grad)
+//   g = grad * (1 / grad_scale)      (only with grad_scale, as GradScaler.unscale_;
+//                                     written back to grad)
 //   g = -g                           (maximize)
 //   g = g + weight_decay * p
 //   buf = g                          (first step: no dampening)
@@ -17,9 +20,11 @@
 //   g = g + momentum * buf  (nesterov)   or   g = buf
 //   p = p + (-lr) * g
 // float32/float64 compute in their own precision with the hyper-parameters cast to
-// it (as torch's ops cast `alpha`); float16/bfloat16 compute in float32.
+// it (as torch's ops cast `alpha`); float16/bfloat16 round where torch's ops
+// round (fused_sgd_reduced.h), so every dtype matches torch bit for bit.
 #include "../fused_sgd_checks.h"
 #include "fused_sgd_kernel.h"
+#include "fused_sgd_reduced.h"
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -47,6 +52,7 @@ constexpr int64_t kChunk = 32768;
 constexpr int64_t kParallelMin = 65536;
 
 using fused_sgd::Coeffs;
+using fused_sgd::ReducedCoeffs;
 using fused_sgd::StepArgs;
 
 // The element-wise helpers are forced inline: left to itself the compiler calls
@@ -68,7 +74,7 @@ C10_ALWAYS_INLINE V negate(const V& a) {
 template <typename V, typename T>
 C10_ALWAYS_INLINE void sgd_update(V& p, V& g, V& buf, bool first_step, const Coeffs<T>& c) {
   if (c.has_scale) {
-    g = g / V(c.grad_scale);
+    g = g * V(c.inv_scale);
   }
   V d = c.maximize ? negate(g) : g;
   if (c.has_weight_decay) {
@@ -81,42 +87,25 @@ C10_ALWAYS_INLINE void sgd_update(V& p, V& g, V& buf, bool first_step, const Coe
   p = muladd(d, V(c.neg_lr), p);
 }
 
-// Steps n consecutive elements. b is null without momentum; g is written only
-// with grad_scale.
+// Steps n consecutive float32/float64 elements. b is null without momentum; g is
+// written only with grad_scale.
 template <typename scalar_t>
 void sgd_span(scalar_t* p, scalar_t* g, scalar_t* b, int64_t n, bool first_step,
               const StepArgs& args) {
-  using opmath_t = at::opmath_type<scalar_t>;
   using Vec = Vectorized<scalar_t>;
-  const Coeffs<opmath_t> c = args.coeffs<opmath_t>();
+  const Coeffs<scalar_t> c = args.coeffs<scalar_t>();
   const bool load_buf = b != nullptr && !first_step;
   int64_t i = 0;
-  if constexpr (std::is_same_v<scalar_t, opmath_t>) {
-    for (; i + Vec::size() <= n; i += Vec::size()) {
-      Vec vp = Vec::loadu(p + i), vg = Vec::loadu(g + i);
-      Vec vb = load_buf ? Vec::loadu(b + i) : Vec(0);
-      sgd_update(vp, vg, vb, first_step, c);
-      vp.store(p + i);
-      if (b != nullptr) vb.store(b + i);
-      if (c.has_scale) vg.store(g + i);
-    }
-  } else {
-    // Reduced precision: one Vec of scalar_t is two float vectors.
-    using FVec = Vectorized<float>;
-    for (; i + Vec::size() <= n; i += Vec::size()) {
-      auto [p0, p1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(p + i));
-      auto [g0, g1] = at::vec::convert_to_float<scalar_t>(Vec::loadu(g + i));
-      FVec b0(0), b1(0);
-      if (load_buf) std::tie(b0, b1) = at::vec::convert_to_float<scalar_t>(Vec::loadu(b + i));
-      sgd_update(p0, g0, b0, first_step, c);
-      sgd_update(p1, g1, b1, first_step, c);
-      at::vec::convert_from_float<scalar_t>(p0, p1).store(p + i);
-      if (b != nullptr) at::vec::convert_from_float<scalar_t>(b0, b1).store(b + i);
-      if (c.has_scale) at::vec::convert_from_float<scalar_t>(g0, g1).store(g + i);
-    }
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    Vec vp = Vec::loadu(p + i), vg = Vec::loadu(g + i);
+    Vec vb = load_buf ? Vec::loadu(b + i) : Vec(0);
+    sgd_update(vp, vg, vb, first_step, c);
+    vp.store(p + i);
+    if (b != nullptr) vb.store(b + i);
+    if (c.has_scale) vg.store(g + i);
   }
   for (; i < n; ++i) {  // tail, element by element
-    opmath_t sp = p[i], sg = g[i], sb = load_buf ? opmath_t(b[i]) : opmath_t(0);
+    scalar_t sp = p[i], sg = g[i], sb = load_buf ? b[i] : scalar_t(0);
     sgd_update(sp, sg, sb, first_step, c);
     p[i] = sp;
     if (b != nullptr) b[i] = sb;
@@ -127,22 +116,47 @@ void sgd_span(scalar_t* p, scalar_t* g, scalar_t* b, int64_t n, bool first_step,
 // ---------------------------------------------------------------------------
 // Choosing the span function and splitting the work.
 
+// Everything a span function needs: the step, and its scalars as torch's ops
+// see them for each 16-bit dtype of the call.
+struct CallArgs {
+  StepArgs step;
+  ReducedCoeffs half, bfloat16;
+};
+
 // A span function stepping n elements of one dtype, behind untyped pointers so
 // that the dtype is dispatched once per tensor rather than once per chunk.
+// vector_semantics matters only to float16/bfloat16 (fused_sgd_reduced.h).
 using SpanFn = void (*)(void* p, void* g, void* b, int64_t n, bool first_step,
-                        const StepArgs& args);
+                        bool vector_semantics, const CallArgs& args);
 
 template <typename scalar_t>
-void portable_span(void* p, void* g, void* b, int64_t n, bool first_step, const StepArgs& args) {
+void portable_span(void* p, void* g, void* b, int64_t n, bool first_step, bool,
+                   const CallArgs& args) {
   sgd_span<scalar_t>(static_cast<scalar_t*>(p), static_cast<scalar_t*>(g),
-                     static_cast<scalar_t*>(b), n, first_step, args);
+                     static_cast<scalar_t*>(b), n, first_step, args.step);
+}
+
+template <at::ScalarType dtype>
+void portable_reduced_span(void* p, void* g, void* b, int64_t n, bool first_step, bool,
+                           const CallArgs& args) {
+  fused_sgd::reduced_span_portable(dtype, p, g, b, n, first_step,
+                                   dtype == at::kHalf ? args.half : args.bfloat16);
 }
 
 #if TORCHEXT_SGD_AVX2
 template <typename scalar_t>
-void avx2_span(void* p, void* g, void* b, int64_t n, bool first_step, const StepArgs& args) {
+void avx2_span(void* p, void* g, void* b, int64_t n, bool first_step, bool,
+               const CallArgs& args) {
   fused_sgd::sgd_span_avx2(static_cast<scalar_t*>(p), static_cast<scalar_t*>(g),
-                           static_cast<scalar_t*>(b), n, first_step, args);
+                           static_cast<scalar_t*>(b), n, first_step, args.step);
+}
+
+template <fused_sgd::Reduced dtype>
+void avx2_reduced_span(void* p, void* g, void* b, int64_t n, bool first_step,
+                       bool vector_semantics, const CallArgs& args) {
+  fused_sgd::sgd_span_avx2(dtype, static_cast<uint16_t*>(p), static_cast<uint16_t*>(g),
+                           static_cast<uint16_t*>(b), n, first_step, vector_semantics,
+                           dtype == fused_sgd::Reduced::kHalf ? args.half : args.bfloat16);
 }
 #endif
 
@@ -152,7 +166,7 @@ void avx2_span(void* p, void* g, void* b, int64_t n, bool first_step, const Step
 bool use_avx2_fma() {
 #if TORCHEXT_SGD_AVX2
   static const bool use = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          at::get_cpu_capability() != "DEFAULT";
+                          __builtin_cpu_supports("f16c") && at::get_cpu_capability() != "DEFAULT";
   return use;
 #else
   return false;
@@ -162,14 +176,22 @@ bool use_avx2_fma() {
 SpanFn span_function(at::ScalarType dtype) {
 #if TORCHEXT_SGD_AVX2
   if (use_avx2_fma()) {
-    if (dtype == at::kFloat) return &avx2_span<float>;
-    if (dtype == at::kDouble) return &avx2_span<double>;
+    switch (dtype) {
+      case at::kFloat: return &avx2_span<float>;
+      case at::kDouble: return &avx2_span<double>;
+      case at::kHalf: return &avx2_reduced_span<fused_sgd::Reduced::kHalf>;
+      case at::kBFloat16: return &avx2_reduced_span<fused_sgd::Reduced::kBFloat16>;
+      default: break;
+    }
   }
 #endif
-  SpanFn fn = nullptr;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_sgd_",
-                                  [&] { fn = &portable_span<scalar_t>; });
-  return fn;
+  switch (dtype) {
+    case at::kFloat: return &portable_span<float>;
+    case at::kDouble: return &portable_span<double>;
+    case at::kHalf: return &portable_reduced_span<at::kHalf>;
+    case at::kBFloat16: return &portable_reduced_span<at::kBFloat16>;
+    default: TORCH_CHECK(false, "torchext.fused_sgd_: unsupported dtype ", dtype);
+  }
 }
 
 // Runs item(0 .. items) on the calling thread and at::get_num_threads() - 1
@@ -209,17 +231,27 @@ struct Work {
   at::Tensor p_copy, g_copy, b_copy;  // defined only for stepping in copies
 };
 
+// A work item: elements [begin, end) of one tensor, all rounded alike.
+struct Piece {
+  size_t tensor;
+  int64_t begin, end;
+  bool vector_semantics;
+};
+
 bool same_dense_layout(const at::Tensor& p, const at::Tensor& t) {
   return !t.defined() || t.strides() == p.strides();
 }
 
+bool is_reduced(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at::kBFloat16; }
+
 void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
                         at::TensorList momentum_buffers, const c10::List<bool>& is_first_step,
-                        const StepArgs& args) {
+                        const CallArgs& args) {
   const bool has_buf = !momentum_buffers.empty();
   std::vector<Work> work;
   work.reserve(params.size());
-  int64_t total = 0, items = 0;
+  std::vector<Piece> pieces;
+  int64_t total = 0;
   for (size_t i = 0; i < params.size(); ++i) {
     const at::Tensor& p = params[i];
     const int64_t n = p.numel();
@@ -242,29 +274,29 @@ void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
         w.b = static_cast<char*>(w.b_copy.data_ptr());
       }
     }
+    // Pieces of at most kChunk elements, never straddling a change of rounding.
+    const auto runs = is_reduced(p.scalar_type())
+                          ? fused_sgd::torch_elementwise_runs(n, use_avx2_fma())
+                          : c10::SmallVector<fused_sgd::ElementRun, 4>{{0, n, true}};
+    for (const auto& run : runs) {
+      for (int64_t s = run.begin; s < run.end; s += kChunk) {
+        pieces.push_back({work.size(), s, std::min(run.end, s + kChunk), run.vector_semantics});
+      }
+    }
     total += n;
-    items += (n + kChunk - 1) / kChunk;
     work.push_back(std::move(w));
   }
 
-  auto step = [&](const Work& w, int64_t begin, int64_t end) {
-    const int64_t offset = begin * w.elem_size;
-    w.fn(w.p + offset, w.g + offset, w.b != nullptr ? w.b + offset : nullptr, end - begin,
-         w.first_step, args);
+  auto step = [&](const Piece& piece) {
+    const Work& w = work[piece.tensor];
+    const int64_t offset = piece.begin * w.elem_size;
+    w.fn(w.p + offset, w.g + offset, w.b != nullptr ? w.b + offset : nullptr,
+         piece.end - piece.begin, w.first_step, piece.vector_semantics, args);
   };
   if (total < kParallelMin) {
-    for (const Work& w : work) step(w, 0, w.numel);  // whole tensors, one pass each
+    for (const Piece& piece : pieces) step(piece);
   } else {
-    // Work items: kChunk elements of one tensor each.
-    std::vector<std::pair<size_t, int64_t>> chunks;  // (tensor, first element)
-    chunks.reserve(items);
-    for (size_t t = 0; t < work.size(); ++t) {
-      for (int64_t s = 0; s < work[t].numel; s += kChunk) chunks.emplace_back(t, s);
-    }
-    run_in_parallel(items, [&](int64_t k) {
-      const auto [t, s] = chunks[k];
-      step(work[t], s, std::min(work[t].numel, s + kChunk));
-    });
+    run_in_parallel(static_cast<int64_t>(pieces.size()), [&](int64_t k) { step(pieces[k]); });
   }
 
   // Write back what was stepped in a copy.
@@ -275,7 +307,7 @@ void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
     if (!w.p_copy.defined()) continue;
     params[i].copy_(w.p_copy);
     if (has_buf) momentum_buffers[i].copy_(w.b_copy);
-    if (args.has_scale) grads[i].copy_(w.g_copy);
+    if (args.step.has_scale) grads[i].copy_(w.g_copy);
   }
 }
 
@@ -288,14 +320,25 @@ void fused_sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList m
                         grad_scale, found_inf, at::kCPU);
   if (params.empty()) return;
   if (found_inf.has_value() && found_inf->item<float>() != 0.0f) return;
-  StepArgs args{lr_tensor != nullptr ? lr_tensor->item<double>() : lr,
-                momentum,
-                dampening,
-                weight_decay,
-                nesterov,
-                maximize,
-                grad_scale.has_value(),
-                grad_scale.has_value() ? grad_scale->item<float>() : 1.0f};
+  CallArgs args;
+  args.step = {lr_tensor != nullptr ? lr_tensor->item<double>() : lr,
+               momentum,
+               dampening,
+               weight_decay,
+               nesterov,
+               maximize,
+               grad_scale.has_value(),
+               grad_scale.has_value()
+                   ? static_cast<float>(1.0 / static_cast<double>(grad_scale->item<float>()))
+                   : 1.0f};
+  // Converted (with torch's overflow check) before anything is written.
+  bool has_half = false, has_bfloat16 = false;
+  for (const at::Tensor& p : params) {
+    has_half |= p.scalar_type() == at::kHalf;
+    has_bfloat16 |= p.scalar_type() == at::kBFloat16;
+  }
+  if (has_half) args.half = fused_sgd::reduced_coeffs(at::kHalf, args.step);
+  if (has_bfloat16) args.bfloat16 = fused_sgd::reduced_coeffs(at::kBFloat16, args.step);
   fused_sgd_cpu_impl(params, grads, momentum_buffers, is_first_step, args);
 }
 

@@ -36,7 +36,6 @@ struct Float8 {
   TORCHEXT_AVX2_FMA_INLINE static void store(T* x, V v) { _mm256_storeu_ps(x, v); }
   TORCHEXT_AVX2_FMA_INLINE static V set1(T a) { return _mm256_set1_ps(a); }
   TORCHEXT_AVX2_FMA_INLINE static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
-  TORCHEXT_AVX2_FMA_INLINE static V div(V a, V b) { return _mm256_div_ps(a, b); }
   TORCHEXT_AVX2_FMA_INLINE static V muladd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 };
 
@@ -48,14 +47,13 @@ struct Double4 {
   TORCHEXT_AVX2_FMA_INLINE static void store(T* x, V v) { _mm256_storeu_pd(x, v); }
   TORCHEXT_AVX2_FMA_INLINE static V set1(T a) { return _mm256_set1_pd(a); }
   TORCHEXT_AVX2_FMA_INLINE static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
-  TORCHEXT_AVX2_FMA_INLINE static V div(V a, V b) { return _mm256_div_pd(a, b); }
   TORCHEXT_AVX2_FMA_INLINE static V muladd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
 };
 
 // The hyper-parameters broadcast once per span.
 template <class A>
 struct Broadcast {
-  typename A::V neg_lr, momentum, one_minus_dampening, weight_decay, grad_scale, minus_one;
+  typename A::V neg_lr, momentum, one_minus_dampening, weight_decay, inv_scale, minus_one;
 };
 
 // One vector of elements: sgd_update of fused_sgd.cpp. The branches test
@@ -67,7 +65,7 @@ TORCHEXT_AVX2_FMA_INLINE void step_vector(typename A::T* p, typename A::T* g, ty
   using V = typename A::V;
   const V vp = A::load(p);
   V vg = A::load(g);
-  if (c.has_scale) vg = A::div(vg, k.grad_scale);
+  if (c.has_scale) vg = A::mul(vg, k.inv_scale);
   V d = c.maximize ? A::mul(vg, k.minus_one) : vg;  // exact negation (-0 for 0)
   if (c.has_weight_decay) d = A::muladd(vp, k.weight_decay, d);
   if (b != nullptr) {
@@ -88,7 +86,7 @@ TORCHEXT_AVX2_FMA void span(typename A::T* p, typename A::T* g, typename A::T* b
   const Coeffs<T> c = args.coeffs<T>();
   const Broadcast<A> k{A::set1(c.neg_lr),       A::set1(c.momentum),
                        A::set1(c.one_minus_dampening), A::set1(c.weight_decay),
-                       A::set1(c.grad_scale),   A::set1(T(-1))};
+                       A::set1(c.inv_scale),    A::set1(T(-1))};
   int64_t i = 0;
   for (; i + W <= n; i += W) {
     step_vector<A>(p + i, g + i, b != nullptr ? b + i : nullptr, first_step, c, k);

@@ -3,11 +3,14 @@
 // each thread block steps one chunk of kChunk elements of one tensor, so a whole
 // parameter list costs a handful of launches instead of several per tensor.
 //
-// The per-element math is the CPU reference's (csrc/ops/cpu/fused_sgd.cpp,
-// `sgd_update`): torch.optim.SGD's order of operations, in float32 for
-// float16/bfloat16/float32 and in float64 for float64. lr (tensor overload),
-// grad_scale and found_inf are read on the device, so the step never waits for
-// the GPU; with found_inf non-zero every block returns before writing anything.
+// The per-element math is torch.optim.SGD's order of operations (the CPU
+// reference: csrc/ops/cpu/fused_sgd.cpp, `sgd_update`), rounded where torch's
+// default CUDA path (the _foreach kernels) rounds: each of its ops computes in
+// float32 (float64 for float64 tensors) with its scalar `alpha` in that type, as
+// one fused multiply-add for x + alpha·y, and rounds its result to the tensor's
+// dtype. lr (tensor overload), grad_scale and found_inf are read on the device,
+// so the step never waits for the GPU; with found_inf non-zero every block
+// returns before writing anything.
 #include "../fused_sgd_checks.h"
 
 #include <ATen/ATen.h>
@@ -59,23 +62,46 @@ static_assert(sizeof(ChunkList<3>) + sizeof(DeviceArgs) <= 4000, "kernel argumen
 
 template <typename T>
 struct Coeffs {
-  T neg_lr, momentum, one_minus_dampening, weight_decay, grad_scale;
+  T neg_lr, momentum, one_minus_dampening, weight_decay, inv_scale;
   bool has_buf, nesterov, maximize, has_scale, has_weight_decay;
 };
 
-// One element; mirrors sgd_update in the CPU reference. `a + b * c` is
-// contracted to an FMA by nvcc, as in torch's foreach kernels.
-template <typename T>
-__device__ __forceinline__ void sgd_update(T& p, T& g, T& buf, bool first_step,
-                                           const Coeffs<T>& c) {
-  if (c.has_scale) g = g / c.grad_scale;
-  T d = c.maximize ? -g : g;
-  if (c.has_weight_decay) d = d + c.weight_decay * p;
+// Explicitly rounded products and fused multiply-adds, so that the compiler
+// contracts nothing differently from torch's kernels.
+__device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float fused(float a, float b, float c) { return __fmaf_rn(a, b, c); }
+__device__ __forceinline__ double fused(double a, double b, double c) { return __fma_rn(a, b, c); }
+
+// x rounded to the tensor's dtype (a no-op for float32/float64).
+template <typename scalar_t, typename opmath_t>
+__device__ __forceinline__ opmath_t rounded(opmath_t x) {
+  return static_cast<opmath_t>(static_cast<scalar_t>(x));
+}
+
+// One element, in opmath_t, rounded to scalar_t after each of torch's ops:
+//   g = g · (1/grad_scale)      (GradScaler.unscale_; written back to grad)
+//   d = maximize ? -g : g
+//   d = d + weight_decay·p
+//   buf = d (first step)  or  buf = buf·momentum + (1 - dampening)·d
+//   d = nesterov ? d + momentum·buf : buf
+//   p = p + (-lr)·d
+template <typename scalar_t, typename opmath_t>
+__device__ __forceinline__ void sgd_update(opmath_t& p, opmath_t& g, opmath_t& buf,
+                                           bool first_step, const Coeffs<opmath_t>& c) {
+  if (c.has_scale) g = rounded<scalar_t>(mul(g, c.inv_scale));
+  opmath_t d = c.maximize ? -g : g;
+  if (c.has_weight_decay) d = rounded<scalar_t>(fused(c.weight_decay, p, d));
   if (c.has_buf) {
-    buf = first_step ? d : buf * c.momentum + c.one_minus_dampening * d;
-    d = c.nesterov ? d + c.momentum * buf : buf;
+    if (!first_step) {
+      const opmath_t decayed = rounded<scalar_t>(mul(buf, c.momentum));
+      buf = rounded<scalar_t>(fused(c.one_minus_dampening, d, decayed));
+    } else {
+      buf = d;
+    }
+    d = c.nesterov ? rounded<scalar_t>(fused(c.momentum, buf, d)) : buf;
   }
-  p = p + c.neg_lr * d;
+  p = rounded<scalar_t>(fused(c.neg_lr, d, p));
 }
 
 template <typename T>
@@ -118,7 +144,10 @@ __global__ void __launch_bounds__(kBlock)
   c.one_minus_dampening = static_cast<opmath_t>(1.0 - a.dampening);
   c.weight_decay = static_cast<opmath_t>(a.weight_decay);
   c.has_scale = a.grad_scale != nullptr;
-  c.grad_scale = c.has_scale ? static_cast<opmath_t>(*a.grad_scale) : opmath_t(1);
+  // GradScaler's inverse scale: the reciprocal in float64, rounded to float32.
+  c.inv_scale = c.has_scale
+                    ? static_cast<opmath_t>(static_cast<float>(1.0 / static_cast<double>(*a.grad_scale)))
+                    : opmath_t(1);
   c.has_buf = kDepth == 3;
   c.nesterov = a.nesterov;
   c.maximize = a.maximize;
@@ -136,7 +165,7 @@ __global__ void __launch_bounds__(kBlock)
 #pragma unroll
       for (int k = 0; k < kILP; ++k) {
         opmath_t sp = vp.v[k], sg = vg.v[k], sb = load_buf ? opmath_t(vb.v[k]) : opmath_t(0);
-        sgd_update(sp, sg, sb, first_step, c);
+        sgd_update<scalar_t>(sp, sg, sb, first_step, c);
         vp.v[k] = static_cast<scalar_t>(sp);
         vg.v[k] = static_cast<scalar_t>(sg);
         vb.v[k] = static_cast<scalar_t>(sb);
@@ -150,7 +179,7 @@ __global__ void __launch_bounds__(kBlock)
   // Misaligned pointers, and the tail of an aligned chunk: one element per thread.
   for (int64_t i = done + threadIdx.x; i < n; i += blockDim.x) {
     opmath_t sp = p[i], sg = g[i], sb = load_buf ? opmath_t(b[i]) : opmath_t(0);
-    sgd_update(sp, sg, sb, first_step, c);
+    sgd_update<scalar_t>(sp, sg, sb, first_step, c);
     p[i] = static_cast<scalar_t>(sp);
     if (b != nullptr) b[i] = static_cast<scalar_t>(sb);
     if (c.has_scale) g[i] = static_cast<scalar_t>(sg);
