@@ -27,9 +27,9 @@ namespace {
 const std::vector<int64_t> kSizes = {6, 9, 7, 5};
 
 struct Setup {
-  torchext::nn::MLP model;
+  torchext::nn::MLP model{nullptr};
   std::shared_ptr<torchext::optim::SGD> optimizer;
-  torchext::nn::MLP reference;
+  torchext::nn::MLP reference{nullptr};
   std::shared_ptr<torch::optim::SGD> reference_optimizer;
   std::unique_ptr<torchext::Trainer> trainer;
 };
@@ -241,7 +241,8 @@ TEST_CASE(a_reshaped_or_replaced_parameter_is_refused_with_nothing_changed) {
   EXPECT(s.trainer->steps() == 1);
 
   auto t = setup();
-  t.model->layers()[2]->weight = torch::randn({kSizes[3], kSizes[2]}, torch::kDouble);
+  torchext::nn::Linear last = t.model->layers()[2];  // a holder: shares the layer
+  last->weight = torch::randn({kSizes[3], kSizes[2]}, torch::kDouble);
   EXPECT_ERROR(t.trainer->step(x, y), "were replaced since the Trainer was built");
 }
 
