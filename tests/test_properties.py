@@ -15,6 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from trainer_support import stock_step
 
 import torchext
 from torchext.nn import MLP
@@ -173,14 +174,6 @@ def trainer_cases(draw):
                 in_weight=draw(specials(1)))
 
 
-def _stock_step(model, opt, loss_fn, x, y):
-    opt.zero_grad()
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    opt.step()
-    return loss.detach()
-
-
 def _batches(case, steps=3):
     sizes, dtype = case["sizes"], case["dtype"]
     gen = torch.Generator().manual_seed(case["seed"])
@@ -226,7 +219,7 @@ def test_trainer_matches_the_stock_loop(case):
     ref_opt = torch.optim.SGD(ref.parameters(), foreach=False, **case["options"])
     loss_fn = trainer.loss_fn
     for step, (x, y) in enumerate(_batches(case)):
-        close(trainer.step(x, y), _stock_step(ref, ref_opt, loss_fn, x, y), dtype,
+        close(trainer.step(x, y), stock_step(ref, ref_opt, loss_fn, x, y), dtype,
               f"loss of step {step}")
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         close(p, q, dtype, name)
@@ -271,7 +264,7 @@ def test_each_activation_propagates_non_finite_inputs_as_stock(activation, value
         expected = nn.functional.mse_loss(ref(x), y)
     close(torch.tensor(trainer.evaluate(x, y), dtype=torch.float64), expected, torch.float64,
           "evaluate")
-    close(trainer.step(x, y), _stock_step(ref, torch.optim.SGD(ref.parameters(), lr=0.1),
+    close(trainer.step(x, y), stock_step(ref, torch.optim.SGD(ref.parameters(), lr=0.1),
                                           nn.MSELoss(), x, y), torch.float64, "loss")
     for p, q in zip(model.parameters(), ref.parameters()):
         close(p, q, torch.float64, "param")

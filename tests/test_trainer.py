@@ -11,6 +11,7 @@ import itertools
 import pytest
 import torch
 from torch import nn
+from trainer_support import stock_step
 
 import torchext
 from torchext.nn import MLP
@@ -36,14 +37,6 @@ def make_data(loss, n, sizes, dtype, device, seed=1):
     else:
         y = torch.randint(0, sizes[-1], (n,), generator=gen)
     return x.to(device), y.to(device)
-
-
-def stock_step(model, opt, loss_fn, x, y):
-    opt.zero_grad()
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    opt.step()
-    return loss.detach()
 
 
 def make_trainer(model, opt, loss, backend):

@@ -17,6 +17,8 @@ import time
 import pytest
 import torch
 from torch import nn
+from trainer_support import assert_unchanged, snapshot
+from trainer_support import stock_step as stock_loop_step
 
 import torchext
 from torchext.nn import MLP
@@ -45,11 +47,7 @@ def data(n, sizes=SIZES, dtype=torch.float64, seed=1):
 
 
 def stock_step(model, opt, x, y):
-    opt.zero_grad()
-    loss = nn.functional.mse_loss(model(x), y)
-    loss.backward()
-    opt.step()
-    return loss.detach()
+    return stock_loop_step(model, opt, nn.functional.mse_loss, x, y)
 
 
 def stock_fit_steps(model, opt, x, y, batch, generator, steps):
@@ -73,21 +71,6 @@ def assert_same_state(model, trainer, ref, ref_opt, rtol=1e-10):
         assert (mine is None) == (theirs is None)
         if mine is not None:
             torch.testing.assert_close(mine, theirs, rtol=rtol, atol=1e-12)
-
-
-def snapshot(model, opt):
-    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-
-
-def assert_unchanged(model, opt, before):
-    model_state, opt_state = before
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, model_state[key]), key
-    now = opt.state_dict()
-    assert now["param_groups"] == opt_state["param_groups"]
-    assert now["state"].keys() == opt_state["state"].keys()
-    for i, state in now["state"].items():
-        assert torch.equal(state["momentum_buffer"], opt_state["state"][i]["momentum_buffer"])
 
 
 # ---------------------------------------------------------------------------- exceptions in fit
