@@ -81,7 +81,8 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
   at::Tensor x_batch = at::empty({batch, x.size(1)}, xc.options());
   at::Tensor y_batch =
       y.dim() == 2 ? at::empty({batch, y.size(1)}, yc.options()) : at::empty({batch}, yc.options());
-  impl.ws.ensure(model, batch);
+  impl.ws.ensure(model, batch);  // and no other size during the call: `update` holds its grads
+  train::Update update(model, impl.ws, groups);
 
   std::vector<double> epoch_losses;
   using Clock = std::chrono::steady_clock;
@@ -116,20 +117,20 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
         if (!deferred) {
           const double value = impl.ws.loss.item<double>();
           if (!std::isfinite(value)) stop_for_loss(who, value, epoch, s);
-          train::apply_update(model, impl.ws, groups, optimizer, c10::nullopt);
+          update.apply(optimizer, c10::nullopt);
           weighted_sum += value * static_cast<double>(rows);
         } else {
           device.losses[s].copy_(impl.ws.loss);
           device.skip.logical_or_(at::isfinite(impl.ws.loss).logical_not_());
-          if (train::needs_new_buffers(model, groups)) {
+          if (update.creates_buffers()) {
             // A created buffer must be written by its update: decide on the host.
             // This is the call's first update (every later one finds its buffers),
             // so no update was skipped before it.
             const double value = impl.ws.loss.item<double>();
             if (!std::isfinite(value)) stop_for_loss(who, value, epoch, s);
-            train::apply_update(model, impl.ws, groups, optimizer, c10::nullopt);
+            update.apply(optimizer, c10::nullopt);
           } else {
-            train::apply_update(model, impl.ws, groups, optimizer, device.skip);
+            update.apply(optimizer, device.skip);
           }
         }
         ++issued;

@@ -84,7 +84,7 @@ at::Tensor TrainerCore::step(const at::Tensor& x, const at::Tensor& y, Optimizer
   impl.ws.ensure(impl.model, xc.size(0));
   impl.forward_backward(xc, yc, /*backward=*/true);
   const at::Tensor loss = impl.ws.loss.clone();
-  train::apply_update(impl.model, impl.ws, groups, optimizer, c10::nullopt);
+  train::Update(impl.model, impl.ws, groups).apply(optimizer, c10::nullopt);
   ++impl.steps;
   return loss;
 }
