@@ -112,6 +112,9 @@ Trainer::Trainer(nn::MLP model, optim::SGD& optimizer, const std::string& loss)
     : Trainer(std::move(model), borrow(optimizer), loss) {}
 
 Trainer::~Trainer() = default;
+// The adapter refers to the optimizer and the core's parameters, which stay where they are.
+Trainer::Trainer(Trainer&&) noexcept = default;
+Trainer& Trainer::operator=(Trainer&&) noexcept = default;
 
 void Trainer::check_model_unchanged(const char* who) const {
   // The core re-checks each parameter's shape, dtype, device and flags itself;

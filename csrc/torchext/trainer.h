@@ -42,6 +42,8 @@ class Trainer {
   // Uses `optimizer` without owning it: it must outlive the Trainer.
   Trainer(nn::MLP model, optim::SGD& optimizer, const std::string& loss = "mse");
   ~Trainer();
+  Trainer(Trainer&&) noexcept;
+  Trainer& operator=(Trainer&&) noexcept;
 
   // One training step on the batch; returns the loss before the update (0-dim).
   at::Tensor step(const at::Tensor& x, const at::Tensor& y);

@@ -139,9 +139,8 @@ class TrainerCore {
   // testing and debugging.
   void use_reference_kernels(bool enabled);
 
-  struct Impl;
-
  private:
+  struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 
