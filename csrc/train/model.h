@@ -18,10 +18,10 @@ struct Model {
   Loss loss = Loss::MSE;
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
-  std::vector<at::Tensor> params;                      // W0, b0, W1, b1, ... (absent biases skipped)
-  std::vector<c10::SmallVector<int64_t, 2>> shapes;    // per param, as validated
-  std::vector<int64_t> weight_param;                   // per layer: index into params
-  std::vector<int64_t> bias_param;                     // per layer: index into params, or -1
+  std::vector<at::Tensor> params;  // W0, b0, W1, b1, ... (absent biases skipped)
+  std::vector<c10::SmallVector<int64_t, 2>> shapes;  // per param, as validated
+  std::vector<int64_t> weight_param;                 // per layer: index into params
+  std::vector<int64_t> bias_param;                   // per layer: index into params, or -1
   // Per param: requires_grad, read at the start of each training call. A frozen
   // parameter gets no gradient and no update.
   c10::SmallVector<bool, 16> trainable;
