@@ -6,6 +6,8 @@ subprocess checks that ``python -m torchext --help`` works as a command.
 
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
 
@@ -14,8 +16,9 @@ import pytest
 import torch
 
 import torchext
-from torchext.__main__ import main, stock_fit, stock_twin
+from torchext.__main__ import main
 from torchext.cli_data import DataError, load_data, teacher_task
+from torchext.cli_job import stock_fit, stock_twin
 
 TINY = ["--samples", "96", "--epochs", "2", "--batch-size", "16", "--no-progress"]
 
@@ -45,16 +48,45 @@ def test_help_runs_as_a_command(tmp_path):
         assert option in result.stdout
 
 
-@pytest.mark.parametrize("argv", [
-    ["--hidden", "a,b"], ["--hidden", "30,0"], ["--epochs", "0"], ["--batch-size", "-1"],
-    ["--device", "tpu"], ["--held-out", "1.5"], ["--loss", "hinge"], ["--activation", "elu"],
-    ["--dtype", "float16"],
-])
-def test_bad_arguments_exit_2(argv, capsys):
+BAD_ARGUMENTS = [
+    ["--hidden", "a,b"], ["--hidden", "30,0"], ["--hidden", str(10**30)], ["--epochs", "0"],
+    ["--batch-size", "-1"], ["--device", "tpu"], ["--held-out", "1.5"], ["--held-out", "nan"],
+    ["--loss", "hinge"], ["--activation", "elu"], ["--dtype", "float16"], ["--lr", "-1"],
+    ["--lr", "nan"], ["--lr", "inf"], ["--lr", "fast"], ["--momentum", "-1"],
+    ["--seed", str(2**70)], ["--seed", "-1"], ["--epochs", str(10**30)],
+    ["--batch-size", str(10**30)], ["--threads", "100000"], ["--threads", "0"],
+    ["--samples", str(10**12)], ["--targets", "0"], ["--no-such-option"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_ARGUMENTS, ids=" ".join)
+def test_bad_arguments_are_one_line_and_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main([*TINY, *argv])
     assert info.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m torchext: error: "), err
+
+
+@pytest.mark.parametrize("argv", [["--rounds", "-1"], ["--rounds", "0"], ["--block-ms", "0"],
+                                  ["--block-ms", "nan"], ["--threads", "100000"],
+                                  ["--widths", "0"], ["--batch-sizes", "8,-2"], ["--kinds", "x"]],
+                         ids=" ".join)
+def test_bench_bad_arguments_are_one_line_and_exit_2(argv, capsys):
+    from torchext.bench import main as bench_main
+
+    with pytest.raises(SystemExit) as info:
+        bench_main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m torchext bench: error: "), err
+
+
+def test_a_bad_argument_as_a_command_prints_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "torchext", "--batch-size", str(10**30)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
 
 
 def test_cuda_without_a_device_is_a_usage_error():
@@ -114,7 +146,7 @@ def test_cross_entropy_on_the_teacher_task(capsys):
 
 def test_mismatch_gives_exit_status_1(monkeypatch, capsys):
     # A stock loop that skips its updates must be reported as a parity failure.
-    import torchext.__main__ as cli
+    import torchext.cli_job as cli
 
     def frozen(model, optimizer, loss_fn, x, y, epochs, batch_size, generator, progress):
         return [1.0] * epochs
@@ -165,6 +197,31 @@ def test_plot_without_matplotlib_is_one_line(monkeypatch, tmp_path, capsys):
 @pytest.mark.parametrize("option", ["--save", "--plot"])
 def test_output_into_a_missing_folder(option, tmp_path, capsys):
     expect_error(capsys, option, str(tmp_path / "no" / "such.out"), match="does not exist")
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_save_is_checked_before_any_training(kind, tmp_path, capsys, monkeypatch):
+    import torchext.__main__ as cli
+
+    monkeypatch.setattr(cli, "run_job", lambda args: pytest.fail("training started"))
+    if kind == "fifo":
+        path = tmp_path / "pipe"
+        os.mkfifo(path)
+    elif kind == "directory":
+        path = tmp_path
+    else:
+        path = "/dev/null"
+    expect_error(capsys, "--save", str(path), match="only a regular file is ever replaced")
+    assert kind != "device" or stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_save_through_a_symlink_updates_its_target(tmp_path, capsys):
+    target = tmp_path / "real.pt"
+    target.write_bytes(b"")
+    link = tmp_path / "run.pt"
+    link.symlink_to(target)
+    code, _ = run_json(capsys, "--save", str(link))
+    assert code == 0 and link.is_symlink() and torch.load(target)["step"] == 2 * 5
 
 
 # ---------------------------------------------------------------------------- data files
@@ -243,6 +300,30 @@ def test_pt_file_that_is_not_a_dict(tmp_path, capsys):
     path = tmp_path / "d.pt"
     torch.save(torch.randn(3), path)
     expect_error(capsys, "--data", str(path), match="expected a dict")
+
+
+def test_a_huge_class_label_is_refused(tmp_path, capsys):
+    path = tmp_path / "d.csv"
+    path.write_text("1,2,0\n3,4,1\n5,6,1000000000\n")
+    expect_error(capsys, "--data", str(path), "--loss", "cross_entropy",
+                 match="class label 1000000000 would need an output layer of 1000000001 classes")
+
+
+def test_a_network_of_absurd_size_is_refused(capsys):
+    expect_error(capsys, "--hidden", "1000000,1000000", match="would have 1e+12 parameters")
+
+
+def test_csv_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes("\ufeff1.5,2,3\n4,5,6\n".encode("utf-8"))
+    x, y = load_data(path, "mse")
+    assert x[0].tolist() == [1.5, 2.0] and y.tolist() == [[3.0], [6.0]]
+
+
+def test_data_that_is_a_folder_or_a_fifo(tmp_path, capsys):
+    expect_error(capsys, "--data", str(tmp_path), match="is a directory, not a data file")
+    os.mkfifo(tmp_path / "pipe.csv")
+    expect_error(capsys, "--data", str(tmp_path / "pipe.csv"), match="is not a regular file")
 
 
 def test_missing_file_and_wrong_npz_keys(tmp_path, capsys):

@@ -291,7 +291,7 @@ def test_example_trains_and_writes_a_checkpoint_python_reads(cpp_build, tmp_path
     losses = [float(line.split("loss")[1]) for line in out.splitlines() if line.startswith("epoch")]
     assert len(losses) == 6 and losses[-1] < losses[0], out
     state = torch.load(checkpoint)  # weights_only=True
-    assert set(state) == {"model", "optimizer", "step", "torchext_version"}
+    assert set(state) == {"model", "optimizer", "step", "torchext_version", "checksum"}
     assert state["step"] == 6 * 8
     model = torchext.nn.MLP([20, 30, 30, 40])
     model.load_state_dict(state["model"])

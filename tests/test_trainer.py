@@ -11,6 +11,7 @@ import itertools
 import pytest
 import torch
 from torch import nn
+from trainer_support import stock_step
 
 import torchext
 from torchext.nn import MLP
@@ -36,14 +37,6 @@ def make_data(loss, n, sizes, dtype, device, seed=1):
     else:
         y = torch.randint(0, sizes[-1], (n,), generator=gen)
     return x.to(device), y.to(device)
-
-
-def stock_step(model, opt, loss_fn, x, y):
-    opt.zero_grad()
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    opt.step()
-    return loss.detach()
 
 
 def make_trainer(model, opt, loss, backend):
@@ -263,3 +256,35 @@ def test_evaluate_matches_stock(loss):
         expected = loss_fn(model(x), y).item()
     assert trainer.evaluate(x, y) == pytest.approx(expected, rel=1e-12)
     assert trainer.evaluate(x, y, batch_size=8) == pytest.approx(expected, rel=1e-12)
+
+
+class _ScaledLinear(nn.Linear):
+    def forward(self, x):  # not Linear's forward: the core must not run it as one
+        return super().forward(x) * 2
+
+
+class _PlainLinear(nn.Linear):
+    pass
+
+
+def _hooked():
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    model[0].register_forward_hook(lambda module, args, out: out * 2)  # changes the output
+    return model
+
+
+@pytest.mark.parametrize("make, backend", [
+    (lambda: nn.Sequential(_ScaledLinear(4, 6), nn.ReLU(), nn.Linear(6, 3)), "eager"),
+    (lambda: nn.Sequential(_PlainLinear(4, 6), nn.ReLU(), torchext.nn.Linear(6, 3)), "cpu"),
+    (_hooked, "eager"),
+], ids=["overridden forward", "inherited forward", "forward hook"])
+def test_layers_are_recognised_by_the_forward_they_run(make, backend):
+    model = make().double()
+    ref = copy.deepcopy(model)
+    trainer = torchext.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert trainer.backend == backend
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    for step in range(3):
+        x, y = make_data("mse", 8, [4, 3], torch.float64, "cpu", seed=step)
+        torch.testing.assert_close(trainer.step(x, y), stock_step(ref, ref_opt, nn.MSELoss(), x, y))
+    assert_params_close(model, ref, torch.float64)

@@ -3,11 +3,11 @@ and its errors on bad input, each of which must leave the model and the
 optimizer state exactly as they were.
 """
 
-import copy
 
 import pytest
 import torch
 from torch import nn
+from trainer_support import assert_unchanged, snapshot
 
 import torchext
 from torchext.nn import MLP
@@ -27,21 +27,6 @@ def batches(count, dtype=torch.float64, loss="mse", start=0):
         y = (torch.randn(32, 40, generator=gen, dtype=dtype) if loss == "mse"
              else torch.randint(0, 40, (32,), generator=gen))
         yield x, y
-
-
-def snapshot(model, opt):
-    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-
-
-def assert_unchanged(model, opt, before):
-    model_state, opt_state = before
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, model_state[key]), key
-    now = opt.state_dict()
-    assert now["param_groups"] == opt_state["param_groups"]
-    assert now["state"].keys() == opt_state["state"].keys()
-    for i, state in now["state"].items():
-        assert torch.equal(state["momentum_buffer"], opt_state["state"][i]["momentum_buffer"])
 
 
 # ---------------------------------------------------------------------------
@@ -212,11 +197,3 @@ def test_non_finite_loss_stops_fit_naming_epoch_and_step():
     y[40] = float("nan")  # the third batch of 16 holds row 40 when not shuffled
     with pytest.raises(RuntimeError, match="the loss became nan at epoch 0, step 2"):
         trainer.fit(x, y, batch_size=16, shuffle=False, progress=False)
-
-
-def test_a_model_moved_after_the_trainer_was_built_is_reported():
-    model, opt, trainer = seed_setup()
-    model.float()
-    x, y = next(batches(1, dtype=torch.float32))
-    with pytest.raises(RuntimeError, match="build a new Trainer after moving or converting"):
-        trainer.step(x, y)

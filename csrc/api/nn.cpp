@@ -1,7 +1,7 @@
 // torchext::nn::Linear and MLP (see torchext/nn.h).
+#include <torchext/activation_loss.h>
 #include <torchext/nn.h>
 #include <torchext/ops.h>
-#include <torchext/trainer_core.h>
 
 #include <torch/nn/init.h>
 

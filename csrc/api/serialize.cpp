@@ -1,18 +1,19 @@
 // torch.save-compatible files and Python-layout state dicts (see torchext/serialize.h).
 #include <torchext/serialize.h>
 
+#include "api/checkpoint_file.h"
+#include "api/pickle_rewrite.h"
+
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/csrc/jit/serialization/pickler.h>
 
 #include <c10/util/StringUtil.h>
 
-#include <cstdio>
-#include <fstream>
-#include <iterator>
+#include <algorithm>
 #include <map>
+#include <memory>
 #include <sstream>
-#include <random>
 #include <utility>
 #include <vector>
 
@@ -59,178 +60,22 @@ void save(const c10::IValue& value, const std::string& path) {
     writer.writeEndOfFile();
   }
 
-  // Atomic replace: a crash mid-write never leaves a truncated checkpoint behind.
-  const std::string tmp = path + ".tmp" + std::to_string(std::random_device{}());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    TORCH_CHECK(out.good(), "torchext::save: cannot open '", tmp, "' for writing");
-    out.write(archive.data(), static_cast<std::streamsize>(archive.size()));
-    out.flush();
-    if (!out.good()) {
-      out.close();
-      std::remove(tmp.c_str());
-      TORCH_CHECK(false, "torchext::save: writing '", tmp, "' failed");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    TORCH_CHECK(false, "torchext::save: cannot rename '", tmp, "' to '", path, "'");
-  }
+  detail::write_file_atomically(path, archive, "torchext::save");
 }
-
-// ---------------------------------------------------------------------------
-// Reading Python's OrderedDicts
-//
-// TorchScript's unpickler turns collections.OrderedDict() into None (it expects
-// one only as a tensor's unused backward-hooks argument) and knows no POP, so the
-// OrderedDict of a Python `model.state_dict()` fails to load. Before unpickling,
-// the pickle is rewritten: the bytes that build an OrderedDict (the class, its
-// arguments, REDUCE) become EMPTY_DICT, and the state of its BUILD (the
-// `_metadata` attribute) is dropped with the BUILD. To know which bytes those
-// are, the rewrite follows the pickle stack, recording where each entry's bytes
-// start; an opcode it does not know leaves the pickle unchanged.
 
 namespace {
 
-enum class Tag : uint8_t { Other, Mark, OrderedDictClass, OrderedDict };
-
-struct Entry {
-  Tag tag;
-  size_t start;  // offset in the output where this entry's bytes begin
-};
-
-c10::optional<std::string> rewrite_ordered_dicts(const std::string& in) {
-  std::string out;
-  out.reserve(in.size());
-  std::vector<Entry> stack;
-  std::map<uint32_t, Tag> memo;
-  bool changed = false;
-  size_t pos = 0;
-  size_t start = 0;  // output offset of the current opcode
-  auto push = [&](Tag tag) { stack.push_back({tag, start}); };
-  // Replaces the top n entries by one that starts where the first of them did.
-  auto fold = [&](size_t n, Tag tag) -> bool {
-    if (stack.size() < n || n == 0) return false;
-    const size_t first = stack[stack.size() - n].start;
-    stack.resize(stack.size() - n);
-    stack.push_back({tag, first});
-    return true;
-  };
-  auto mark_depth = [&]() -> size_t {  // entries above the topmost mark, mark included
-    for (size_t i = stack.size(); i-- > 0;) {
-      if (stack[i].tag == Tag::Mark) return stack.size() - i;
-    }
-    return 0;
-  };
-  auto u32 = [&](size_t at) {
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(in[at + i]);
-    return v;
-  };
-  while (pos < in.size()) {
-    const char op = in[pos];
-    start = out.size();
-    size_t arg = 0;  // argument bytes after the opcode
-    auto need = [&](size_t n) { return pos + 1 + n <= in.size(); };
-    switch (op) {
-      case '\x80': arg = 1; break;  // PROTO
-      case 'c': {  // GLOBAL module\nname\n
-        const size_t a = in.find('\n', pos + 1);
-        const size_t b = a == std::string::npos ? a : in.find('\n', a + 1);
-        if (b == std::string::npos) return c10::nullopt;
-        const bool od = in.compare(pos + 1, b - pos - 1, "collections\nOrderedDict") == 0;
-        push(od ? Tag::OrderedDictClass : Tag::Other);
-        arg = b - pos;
-        break;
-      }
-      case 'q': case 'r':  // BINPUT, LONG_BINPUT: the bytes stay with the top entry
-        arg = op == 'q' ? 1 : 4;
-        if (!need(arg) || stack.empty()) return c10::nullopt;
-        memo[op == 'q' ? static_cast<uint8_t>(in[pos + 1]) : u32(pos + 1)] = stack.back().tag;
-        break;
-      case 'h': case 'j':  // BINGET, LONG_BINGET
-        arg = op == 'h' ? 1 : 4;
-        if (!need(arg)) return c10::nullopt;
-        push(memo[op == 'h' ? static_cast<uint8_t>(in[pos + 1]) : u32(pos + 1)]);
-        break;
-      case '}': case ']': case ')': case 'N': case '\x88': case '\x89':
-        push(Tag::Other); break;  // empty dict/list/tuple, None, True, False
-      case 'J': push(Tag::Other); arg = 4; break;  // BININT
-      case 'K': push(Tag::Other); arg = 1; break;  // BININT1
-      case 'M': push(Tag::Other); arg = 2; break;  // BININT2
-      case 'G': push(Tag::Other); arg = 8; break;  // BINFLOAT
-      case '\x8a': case 'U': case 'C':  // LONG1, SHORT_BINSTRING, SHORT_BINBYTES
-        if (!need(1)) return c10::nullopt;
-        push(Tag::Other); arg = 1 + static_cast<uint8_t>(in[pos + 1]); break;
-      case 'X': case 'B': case 'T':  // BINUNICODE, BINBYTES, BINSTRING
-        if (!need(4)) return c10::nullopt;
-        push(Tag::Other); arg = 4 + u32(pos + 1); break;
-      case '(': push(Tag::Mark); break;
-      case 't': case 'l': case 'd':  // TUPLE, LIST, DICT
-        if (!fold(mark_depth(), Tag::Other)) return c10::nullopt;
-        break;
-      case '\x85': if (!fold(1, Tag::Other)) return c10::nullopt; break;  // TUPLE1
-      case '\x86': if (!fold(2, Tag::Other)) return c10::nullopt; break;  // TUPLE2
-      case '\x87': if (!fold(3, Tag::Other)) return c10::nullopt; break;  // TUPLE3
-      case 'Q': if (!fold(1, Tag::Other)) return c10::nullopt; break;    // BINPERSID
-      case 'a': case 's': case 'e': case 'u': {  // APPEND, SETITEM, APPENDS, SETITEMS
-        const size_t n = op == 'a' ? 1 : op == 's' ? 2 : mark_depth();
-        if (n == 0 || stack.size() < n + 1) return c10::nullopt;
-        stack.resize(stack.size() - n);
-        break;
-      }
-      case 'R': {  // REDUCE
-        if (stack.size() < 2) return c10::nullopt;
-        const bool od = stack[stack.size() - 2].tag == Tag::OrderedDictClass;
-        const size_t first = stack[stack.size() - 2].start;
-        fold(2, od ? Tag::OrderedDict : Tag::Other);
-        if (od) {
-          out.resize(first);
-          out += '}';
-          changed = true;
-          ++pos;
-          continue;
-        }
-        break;
-      }
-      case 'b': {  // BUILD
-        if (stack.size() < 2) return c10::nullopt;
-        const bool od = stack[stack.size() - 2].tag == Tag::OrderedDict;
-        const size_t state = stack.back().start;
-        stack.pop_back();
-        if (od) {
-          out.resize(state);
-          changed = true;
-          ++pos;
-          continue;
-        }
-        break;
-      }
-      case '.':  // STOP
-        out.append(in, pos, std::string::npos);
-        return changed ? c10::optional<std::string>(out) : c10::nullopt;
-      default:
-        return c10::nullopt;
-    }
-    if (!need(arg)) return c10::nullopt;
-    out.append(in, pos, 1 + arg);
-    pos += 1 + arg;
-  }
-  return c10::nullopt;
+std::string first_line(const c10::Error& e) {
+  const std::string text = e.what_without_backtrace();
+  return text.substr(0, text.find('\n'));
 }
 
-}  // namespace
-
-c10::IValue load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  TORCH_CHECK(in.good(), "torchext::load: cannot open '", path, "'");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::istringstream stream(std::string(bytes.begin(), bytes.end()));
-  caffe2::serialize::PyTorchStreamReader reader(&stream);
-  TORCH_CHECK(reader.hasRecord("data.pkl"), "torchext::load: '", path,
-              "' is not a torch.save file (no data.pkl)");
+// The archive's data.pkl unpickled, Python OrderedDicts first rewritten (see
+// pickle_rewrite.h).
+c10::IValue unpickle(caffe2::serialize::PyTorchStreamReader& reader,
+                     const std::vector<char>& bytes) {
   auto [pickle_ptr, pickle_size] = reader.getRecord("data.pkl");
-  auto rewritten = rewrite_ordered_dicts(
+  auto rewritten = detail::rewrite_ordered_dicts(
       std::string(static_cast<const char*>(pickle_ptr.get()), pickle_size));
   if (!rewritten) {
     return torch::jit::pickle_load(bytes);
@@ -255,6 +100,32 @@ c10::IValue load(const std::string& path) {
     writer.writeEndOfFile();
   }
   return torch::jit::pickle_load(archive);
+}
+
+}  // namespace
+
+c10::IValue load(const std::string& path) {
+  constexpr const char* who = "torchext::load";
+  const std::vector<char> bytes = detail::read_checkpoint_bytes(path, who);
+  TORCH_CHECK(bytes.size() >= 4 && std::equal(bytes.begin(), bytes.begin() + 4, "PK\x03\x04"),
+              who, ": '", path, "' is not a torch.save file (not a zip archive; a file from "
+              "torch.save(..., _use_new_zipfile_serialization=False) must be saved again)");
+  std::istringstream stream(std::string(bytes.begin(), bytes.end()));
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> opened;
+  try {
+    opened = std::make_unique<caffe2::serialize::PyTorchStreamReader>(&stream);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, who, ": '", path, "' is truncated or damaged (", first_line(e), ")");
+  }
+  caffe2::serialize::PyTorchStreamReader& reader = *opened;
+  TORCH_CHECK(reader.hasRecord("data.pkl"), who, ": '", path,
+              "' is not a torch.save file (no data.pkl)");
+  try {
+    return unpickle(reader, bytes);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, who, ": '", path, "' is damaged or not a torch.save file of plain "
+                "containers and tensors (", first_line(e), ")");
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -303,6 +174,21 @@ double as_double(const c10::IValue& value, const char* who, const std::string& w
   return value.isDouble() ? value.toDouble() : static_cast<double>(value.toInt());
 }
 
+// `saved` can be copied into `target` (copy_ casts dtype and moves devices): it holds
+// data (not on the meta device), is dense, and is a number of the same kind.
+void check_copyable(const at::Tensor& saved, const at::Tensor& target, const char* who,
+                    const std::string& what) {
+  TORCH_CHECK(saved.defined() && saved.layout() == at::kStrided && !saved.is_meta(), who, ": ",
+              what, " must be a dense tensor with data, got one ",
+              saved.defined() ? (saved.is_meta() ? "on the meta device" : "of another layout")
+                              : "undefined");
+  TORCH_CHECK(saved.is_floating_point() == target.is_floating_point() &&
+                  saved.is_complex() == target.is_complex() &&
+                  (saved.scalar_type() == at::kBool) == (target.scalar_type() == at::kBool),
+              who, ": ", what, " is ", saved.scalar_type(), " but the module holds ",
+              target.scalar_type());
+}
+
 bool as_bool(const c10::IValue& value, const char* who, const std::string& what) {
   TORCH_CHECK(value.isBool(), who, ": ", what, " must be a bool, got ", value.tagKind());
   return value.toBool();
@@ -346,6 +232,7 @@ void check_state_dict(const torch::nn::Module& module, const c10::IValue& state)
     TORCH_CHECK(saved.toTensor().sizes() == tensor.sizes(), who, ": '", name, "' has shape ",
                 saved.toTensor().sizes(), " in the state dict but ", tensor.sizes(),
                 " in the module");
+    check_copyable(saved.toTensor(), tensor, who, "'" + name + "'");
   }
 }
 
@@ -462,6 +349,8 @@ void load_optimizer_state_dict(optim::SGD& optimizer, const c10::IValue& state) 
     TORCH_CHECK(buffer->isTensor() && buffer->toTensor().sizes() == it->second.sizes(), who,
                 ": the momentum buffer of parameter ", item.key().toInt(),
                 " does not match its shape ", it->second.sizes());
+    check_copyable(buffer->toTensor(), it->second, who,
+                   "the momentum buffer of parameter " + std::to_string(item.key().toInt()));
     // A copy on the parameter's device and dtype (Python casts the same way), so
     // the optimizer never shares a buffer with the caller's state dict.
     buffers.emplace_back(it->second, buffer->toTensor().to(it->second.options(),

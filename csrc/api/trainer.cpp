@@ -8,6 +8,64 @@
 
 namespace torchext {
 
+// The optimizer as the core sees it: param groups read at every call, new
+// momentum buffers stored into the optimizer's state.
+class Trainer::OptimizerAdapter final : public OptimizerLink {
+ public:
+  OptimizerAdapter(optim::SGD& optimizer, const std::vector<at::Tensor>& params)
+      : optimizer_(optimizer), params_(params) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      index_[params[i].unsafeGetTensorImpl()] = static_cast<int64_t>(i);
+    }
+  }
+
+  std::vector<SGDGroup> read_groups() override {
+    std::vector<SGDGroup> out;
+    for (const auto& group : optimizer_.param_groups()) {
+      const auto& options = static_cast<const optim::SGDOptions&>(group.options());
+      optim::check_options(options);
+      SGDGroup spec;
+      spec.lr = options.lr();
+      spec.options.momentum = options.momentum();
+      spec.options.dampening = options.dampening();
+      spec.options.weight_decay = options.weight_decay();
+      spec.options.nesterov = options.nesterov();
+      spec.options.maximize = options.maximize();
+      for (const auto& p : group.params()) {
+        auto it = index_.find(p.unsafeGetTensorImpl());
+        if (it == index_.end()) {
+          continue;  // not the model's: the loss gives it no gradient, so no update
+        }
+        spec.params.push_back(it->second);
+        if (options.momentum() != 0) {
+          spec.momentum_buffers.push_back(optimizer_.momentum_buffer(p));
+        }
+      }
+      out.push_back(std::move(spec));
+    }
+    return out;
+  }
+
+  void store_new_buffers(const std::vector<NewMomentumBuffer>& buffers) override {
+    size_t stored = 0;
+    try {
+      for (; stored < buffers.size(); ++stored) {
+        optimizer_.set_momentum_buffer(params_[buffers[stored].param], buffers[stored].buffer);
+      }
+    } catch (...) {  // all or nothing (see OptimizerLink)
+      for (size_t i = 0; i < stored; ++i) {
+        optimizer_.set_momentum_buffer(params_[buffers[i].param], {});
+      }
+      throw;
+    }
+  }
+
+ private:
+  optim::SGD& optimizer_;
+  const std::vector<at::Tensor>& params_;  // the core's parameters
+  std::unordered_map<const void*, int64_t> index_;
+};
+
 namespace {
 
 std::vector<DenseLayer> dense_layers(const nn::MLP& model) {
@@ -33,8 +91,7 @@ std::shared_ptr<optim::SGD> borrow(optim::SGD& optimizer) {
 Trainer::Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer, const std::string& loss)
     : model_(std::move(model)),
       optimizer_(std::move(optimizer)),
-      core_(dense_layers(model_), loss_from_name(loss)),
-      params_(core_.parameters()) {
+      core_(dense_layers(model_), loss_from_name(loss)) {
   TORCH_CHECK(optimizer_ != nullptr, "torchext::Trainer: the optimizer is null");
   std::unordered_map<const void*, bool> owned;
   for (const auto& group : optimizer_->param_groups()) {
@@ -43,117 +100,112 @@ Trainer::Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer, const std
     }
   }
   for (const auto& item : model_->named_parameters()) {
-    TORCH_CHECK(owned.count(item.value().unsafeGetTensorImpl()) != 0,
-                "torchext::Trainer: the optimizer does not own the model's parameter '",
-                item.key(), "' (it is in none of its param groups)");
+    TORCH_CHECK(
+        !item.value().requires_grad() || owned.count(item.value().unsafeGetTensorImpl()) != 0,
+        "torchext::Trainer: the optimizer does not own the model's parameter '", item.key(),
+        "' (it is in none of its param groups)");
   }
+  adapter_ = std::make_unique<OptimizerAdapter>(*optimizer_, core_.parameters());
 }
 
 Trainer::Trainer(nn::MLP model, optim::SGD& optimizer, const std::string& loss)
     : Trainer(std::move(model), borrow(optimizer), loss) {}
 
-std::vector<SGDGroup> Trainer::groups() const {
-  std::unordered_map<const void*, int64_t> index;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    index[params_[i].unsafeGetTensorImpl()] = static_cast<int64_t>(i);
-  }
-  std::vector<SGDGroup> out;
-  for (const auto& group : optimizer_->param_groups()) {
-    const auto& options = static_cast<const optim::SGDOptions&>(group.options());
-    optim::check_options(options);
-    SGDGroup spec;
-    spec.lr = options.lr();
-    spec.options.momentum = options.momentum();
-    spec.options.dampening = options.dampening();
-    spec.options.weight_decay = options.weight_decay();
-    spec.options.nesterov = options.nesterov();
-    spec.options.maximize = options.maximize();
-    for (const auto& p : group.params()) {
-      auto it = index.find(p.unsafeGetTensorImpl());
-      if (it == index.end()) {
-        continue;  // not the model's: the loss gives it no gradient, so no update
-      }
-      spec.params.push_back(it->second);
-      if (options.momentum() != 0) {
-        spec.momentum_buffers.push_back(optimizer_->momentum_buffer(p));
-      }
-    }
-    out.push_back(std::move(spec));
-  }
-  return out;
-}
+Trainer::~Trainer() = default;
+// The adapter refers to the optimizer and the core's parameters, which stay where they are.
+Trainer::Trainer(Trainer&&) noexcept = default;
+Trainer& Trainer::operator=(Trainer&&) noexcept = default;
 
-void Trainer::store_new_buffers(const std::vector<SGDGroup>& before,
-                                const std::vector<SGDGroup>& after) {
-  for (size_t g = 0; g < after.size(); ++g) {
-    for (size_t i = 0; i < after[g].momentum_buffers.size(); ++i) {
-      if (!before[g].momentum_buffers[i].defined() && after[g].momentum_buffers[i].defined()) {
-        optimizer_->set_momentum_buffer(params_[after[g].params[i]],
-                                        after[g].momentum_buffers[i]);
-      }
+void Trainer::check_model_unchanged(const char* who) const {
+  // The core re-checks each parameter's shape, dtype, device and flags itself;
+  // here: are they still the model's tensors (a layer's weight may have been
+  // replaced by another tensor, which the core would never see)?
+  const auto& layers = model_->layers();
+  const auto& params = core_.parameters();
+  size_t p = 0;
+  bool same = true;
+  for (size_t l = 0; l < layers.size() && same; ++l) {
+    same = p < params.size() && layers[l]->weight.is_same(params[p++]);
+    if (same && layers[l]->bias.defined()) {
+      same = p < params.size() && layers[l]->bias.is_same(params[p++]);
     }
   }
+  TORCH_CHECK(same && p == params.size(), who,
+              ": the model's layers or parameters were replaced since the Trainer was built; "
+              "build the optimizer and the Trainer again for the model as it is now");
 }
 
 at::Tensor Trainer::step(const at::Tensor& x, const at::Tensor& y) {
-  const auto before = groups();
-  auto specs = before;
-  auto loss = core_.step(x, y, specs);
-  store_new_buffers(before, specs);
-  ++steps_;
-  return loss;
+  check_model_unchanged("torchext::Trainer::step");
+  return core_.step(x, y, *adapter_);
 }
 
 std::vector<double> Trainer::fit(const at::Tensor& x, const at::Tensor& y,
                                  const FitOptions& options, const ProgressCallback& progress) {
-  const auto before = groups();
-  auto specs = before;
-  auto losses = core_.fit(x, y, specs, options, progress);
-  store_new_buffers(before, specs);
-  const int64_t samples = x.size(0);
-  steps_ += options.epochs * ((samples + options.batch_size - 1) / options.batch_size);
-  return losses;
+  check_model_unchanged("torchext::Trainer::fit");
+  return core_.fit(x, y, *adapter_, options, progress);
 }
 
 double Trainer::evaluate(const at::Tensor& x, const at::Tensor& y, int64_t batch_size) {
-  TORCH_CHECK(batch_size >= 0, "torchext::Trainer::evaluate: batch_size must be non-negative "
-              "(0: one batch), got ", batch_size);
+  check_model_unchanged("torchext::Trainer::evaluate");
   return core_.evaluate(x, y, batch_size);
 }
 
-at::Tensor Trainer::predict(const at::Tensor& x) { return core_.predict(x); }
+at::Tensor Trainer::predict(const at::Tensor& x) {
+  check_model_unchanged("torchext::Trainer::predict");
+  return core_.predict(x);
+}
 
 // ---------------------------------------------------------------------------
 // Checkpoints
 
 c10::IValue Trainer::state_dict() const {
+  auto hold = core_.lock().acquire(TrainerLock::Access::Read, "torchext::Trainer::state_dict");
+  return current_state();
+}
+
+c10::IValue Trainer::current_state() const {
   c10::impl::GenericDict dict(c10::StringType::get(), c10::AnyType::get());
   dict.insert("model", torchext::state_dict(*model_));
   dict.insert("optimizer", optimizer_state_dict(*optimizer_));
-  dict.insert("step", steps_);
+  dict.insert("step", core_.steps());
   dict.insert("torchext_version", version());
   return dict;
 }
 
 void Trainer::load_state_dict(const c10::IValue& state) {
   const char* who = "torchext::Trainer::load_state_dict";
+  auto hold = core_.lock().acquire(TrainerLock::Access::Write, who);
   TORCH_CHECK(state.isGenericDict(), who, ": a checkpoint must be a dict, got ", state.tagKind());
   auto dict = state.toGenericDict();
   for (const char* key : {"model", "optimizer", "step"}) {
     TORCH_CHECK(dict.contains(key), who, ": not a torchext.Trainer checkpoint: missing '", key,
                 "'");
   }
-  TORCH_CHECK(dict.at("step").isInt(), who, ": 'step' must be an integer");
-  // The model is checked first and the optimizer load checks everything before it
-  // changes anything, so no load stops half-way.
+  const c10::IValue step = dict.at("step");
+  TORCH_CHECK(step.isInt() && step.toInt() >= 0, who,
+              ": 'step' must be a non-negative integer, got ",
+              step.isInt() ? std::to_string(step.toInt()) : step.tagKind());
+  // Everything is checked before anything changes: the model state here, the
+  // optimizer state inside its load (which checks it all before it applies it).
   check_state_dict(*model_, dict.at("model"));
   load_optimizer_state_dict(*optimizer_, dict.at("optimizer"));
   torchext::load_state_dict(*model_, dict.at("model"));
-  steps_ = dict.at("step").toInt();
+  core_.set_steps(step.toInt());
 }
 
-void Trainer::save(const std::string& path) const { torchext::save(state_dict(), path); }
+void Trainer::save(const std::string& path) const {
+  // Held until the file is written: the tensors in the state are the live ones.
+  auto hold = core_.lock().acquire(TrainerLock::Access::Read, "torchext::Trainer::save");
+  c10::IValue state = current_state();
+  state.toGenericDict().insert("checksum", checkpoint_checksum(state));
+  torchext::save(state, path);
+}
 
-void Trainer::load(const std::string& path) { load_state_dict(torchext::load(path)); }
+void Trainer::load(const std::string& path) {
+  const c10::IValue state = torchext::load(path);
+  verify_checkpoint_checksum(state, path, "torchext::Trainer::load");
+  load_state_dict(state);
+}
 
 }  // namespace torchext

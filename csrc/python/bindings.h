@@ -6,3 +6,5 @@
 
 // _C.fused_sgd_ and _C.fused_sgd_tensor_lr_ (optim_binding.cpp).
 void bind_optim(pybind11::module_& m);
+// _C.TrainerCore and _C.TrainerLock (trainer_binding.cpp).
+void bind_trainer(pybind11::module_& m);

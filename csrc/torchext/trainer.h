@@ -4,13 +4,22 @@
 // SGD update on TrainerCore (fused kernels, no autograd graph), training the
 // model's own parameters in place. Hyper-parameters are read from the
 // optimizer's param groups at every call and momentum buffers live in the
-// optimizer's state, so LR schedulers work and a hand-written LibTorch loop
+// optimizer's state (created there right before the update that first writes
+// them), so LR schedulers work and a hand-written LibTorch loop
 // (`optimizer.zero_grad(); loss.backward(); optimizer.step();`) can take over at
-// any step with the same numbers.
+// any step with the same numbers. Parameters are re-checked at every call: a
+// parameter replaced since construction is an error; one changed in place
+// (`model->to(torch::kDouble)`) is picked up; one with requires_grad off is
+// frozen, as in the stock loop.
+//
+// Calls on one Trainer are serialised (see trainer_lock.h): from a second thread
+// they wait. After any exception the model, the optimizer state and steps()
+// agree with the updates applied.
 //
 // Checkpoints are the Python Trainer's: a torch.save file holding the plain dict
 // {"model": state dict, "optimizer": torch.optim.SGD state dict, "step": int,
-// "torchext_version": str}, readable and writable from either language.
+// "torchext_version": str, "checksum": "sha1:..."}, readable and writable from
+// either language; load verifies the checksum (see torchext/serialize.h).
 #pragma once
 
 #include <torchext/nn.h>
@@ -28,11 +37,13 @@ namespace torchext {
 class Trainer {
  public:
   // `loss`: "mse" or "cross_entropy" (class-index targets). The optimizer must
-  // own every parameter of the model. Move the model to its device and dtype
-  // before constructing the Trainer.
+  // own every trainable parameter of the model.
   Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer, const std::string& loss = "mse");
   // Uses `optimizer` without owning it: it must outlive the Trainer.
   Trainer(nn::MLP model, optim::SGD& optimizer, const std::string& loss = "mse");
+  ~Trainer();
+  Trainer(Trainer&&) noexcept;
+  Trainer& operator=(Trainer&&) noexcept;
 
   // One training step on the batch; returns the loss before the update (0-dim).
   at::Tensor step(const at::Tensor& x, const at::Tensor& y);
@@ -50,28 +61,31 @@ class Trainer {
 
   // {"model", "optimizer", "step", "torchext_version"}, as the Python Trainer.
   c10::IValue state_dict() const;
-  // Restores model, optimizer and step count; on a bad state nothing changes.
+  // Restores model, optimizer and step count. Everything is checked first (keys,
+  // every tensor's shape, dtype and device, the optimizer's groups, the step
+  // count): on a bad state nothing changes.
   void load_state_dict(const c10::IValue& state);
-  // torchext::save(state_dict(), path): Python's torch.load(path) reads it.
+  // state_dict() with its checksum, written with torchext::save_checkpoint.
   void save(const std::string& path) const;
-  // Loads a checkpoint written by this class or by Python's torchext.Trainer.save.
+  // Loads a checkpoint written by this class or by Python's torchext.Trainer.save,
+  // verifying its checksum when it has one.
   void load(const std::string& path);
 
   nn::MLP& model() { return model_; }
   optim::SGD& optimizer() { return *optimizer_; }
-  int64_t steps() const { return steps_; }
+  int64_t steps() const { return core_.steps(); }
   // "cpu" (fused C++ kernels) or "cuda".
   std::string backend() const { return core_.backend(); }
 
  private:
-  std::vector<SGDGroup> groups() const;
-  void store_new_buffers(const std::vector<SGDGroup>& before, const std::vector<SGDGroup>& after);
+  class OptimizerAdapter;
+  void check_model_unchanged(const char* who) const;
+  c10::IValue current_state() const;  // state_dict() without taking the lock
 
   nn::MLP model_;
   std::shared_ptr<optim::SGD> optimizer_;
   TrainerCore core_;
-  std::vector<at::Tensor> params_;  // core_.parameters(): what SGDGroup::params indexes
-  int64_t steps_ = 0;
+  std::unique_ptr<OptimizerAdapter> adapter_;
 };
 
 }  // namespace torchext

@@ -3,13 +3,27 @@
 //
 // A model is a chain of DenseLayers (y = act(x Wᵀ + b)); the core trains the
 // caller's weight and bias tensors in place, with gradients and activations in
-// workspaces it allocates once per batch size. Hyper-parameters and momentum
-// buffers come from the caller at every step (SGDGroup), so a Python or C++
-// optimizer object stays the owner of its state. The numbers are those of the
+// workspaces it allocates once per batch size. The numbers are those of the
 // stock loop `zero_grad(); loss(model(x), y).backward(); SGD.step()`.
+//
+// State flows one way. Parameters are the caller's tensors, re-checked at every
+// call: a parameter changed in place since the last call (another shape, dtype
+// or device, say after `model.to(torch::kDouble)`) makes the core rebuild itself
+// for the model as it is now, or refuse with an error naming the problem; one
+// whose requires_grad is off is frozen (neither it nor its momentum buffer is
+// touched, as in the stock loop). Hyper-parameters and momentum buffers belong to
+// the optimizer: the core reads them through an OptimizerLink at every call and
+// stores each new momentum buffer there right before the update that first
+// writes it. steps() counts the updates applied. So after any exception — a bad
+// argument, a non-finite loss in fit, an error thrown by a callback — parameters,
+// optimizer state and steps() agree with the updates actually applied.
+//
+// Calls on one core are serialised by its TrainerLock (see trainer_lock.h).
 #pragma once
 
+#include <torchext/activation_loss.h>
 #include <torchext/ops.h>
+#include <torchext/trainer_lock.h>
 
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
@@ -22,29 +36,41 @@
 
 namespace torchext {
 
-enum class Activation { Identity, ReLU, Tanh, Sigmoid, GELU };
-enum class Loss { MSE, CrossEntropy };
-
-// "identity", "relu", "tanh", "sigmoid", "gelu" / "mse", "cross_entropy".
-Activation activation_from_name(const std::string& name);
-Loss loss_from_name(const std::string& name);
-std::string activation_name(Activation activation);
-std::string loss_name(Loss loss);
-
 struct DenseLayer {
   at::Tensor weight;  // [out_features, in_features], updated in place
   at::Tensor bias;    // [out_features], or undefined for a layer without bias
   Activation activation = Activation::Identity;
 };
 
-// One optimizer parameter group: its hyper-parameters and, per parameter, the
-// momentum buffer (undefined: the next step creates it, as torch's first step
-// does) — held by reference, so the caller's optimizer state is what is updated.
+// One optimizer parameter group as read at the start of a call: its
+// hyper-parameters and, per parameter, the momentum buffer (undefined: none yet).
 struct SGDGroup {
   double lr = 1e-3;
   SGDStepOptions options;
-  std::vector<int64_t> params;              // indices into TrainerCore::parameters()
+  std::vector<int64_t> params;               // indices into TrainerCore::parameters()
   std::vector<at::Tensor> momentum_buffers;  // one per entry of params when momentum != 0
+};
+
+// A momentum buffer the core creates for the first update of parameter `param`.
+struct NewMomentumBuffer {
+  int64_t param;  // index into TrainerCore::parameters()
+  at::Tensor buffer;
+};
+
+// The optimizer behind a call: where the core reads hyper-parameters and momentum
+// buffers, and stores the buffers it creates. The core calls it only while it
+// holds its lock, so what it reads, the updates it applies and the buffers it
+// stores form one unit even when several threads use one trainer.
+class OptimizerLink {
+ public:
+  virtual ~OptimizerLink() = default;
+  // Every parameter group; at the start of each step, and once per fit.
+  virtual std::vector<SGDGroup> read_groups() = 0;
+  // Stores `buffers` in the optimizer's state. Called right before the update
+  // that first writes them, after every check that could stop that update, so
+  // the state never holds a buffer without its update. If it throws, it must
+  // have stored none of them; the core then applies nothing.
+  virtual void store_new_buffers(const std::vector<NewMomentumBuffer>& buffers) = 0;
 };
 
 struct FitOptions {
@@ -52,14 +78,17 @@ struct FitOptions {
   int64_t batch_size = 128;
   bool shuffle = true;
   c10::optional<at::Generator> generator;  // for the shuffling permutation
+  // Called after every step, once its update is applied and counted. Throw from
+  // it to stop fit (the Python binding raises KeyboardInterrupt here on Ctrl-C).
+  std::function<void()> interruption_point;
 };
 
 // Called from fit now and then (at most every ~50 ms, and at each epoch's end).
 struct FitProgress {
-  int64_t epoch;          // 0-based
-  int64_t step;           // steps done in this epoch
+  int64_t epoch;  // 0-based
+  int64_t step;   // steps done in this epoch
   int64_t steps_per_epoch;
-  double mean_loss;       // sample-weighted mean loss of this epoch so far
+  double mean_loss;  // sample-weighted mean loss of this epoch so far (NaN: not known yet)
 };
 using ProgressCallback = std::function<void(const FitProgress&)>;
 
@@ -72,31 +101,42 @@ class TrainerCore {
 
   // W0, b0, W1, b1, ... (absent biases skipped): the order SGDGroup::params indexes.
   const std::vector<at::Tensor>& parameters() const;
-  const std::vector<DenseLayer>& layers() const;
   Loss loss() const;
-  // "cpu" (fused C++ kernels) or "cuda" (ATen kernels, captured as a CUDA graph).
+  // "cpu" (fused C++ kernels) or "cuda" (ATen kernels).
   std::string backend() const;
+  // Updates applied by step and fit (plus the count set by set_steps).
+  int64_t steps() const;
+  // For checkpoints; call it while holding lock() for Write (it does not lock).
+  void set_steps(int64_t steps);
+  TrainerLock& lock() const;
 
   // One training step on the batch (x [B, in], y [B, out] for MSE or [B] class
   // indices for cross-entropy). Returns the loss, a 0-dim tensor on the model's
-  // device, computed before the update. Momentum buffers created by this step are
-  // stored into `groups`. A bad argument raises c10::Error and changes nothing.
-  at::Tensor step(const at::Tensor& x, const at::Tensor& y, std::vector<SGDGroup>& groups);
+  // device, computed before the update, which is applied as in the stock loop
+  // even when the loss is not finite. A bad argument raises c10::Error and
+  // changes nothing.
+  at::Tensor step(const at::Tensor& x, const at::Tensor& y, OptimizerLink& optimizer);
 
   // Whole epochs: shuffle (torch.randperm with the generator), slice minibatches
   // (the last may be short), step each. Returns the mean loss of each epoch.
-  // Stops with an error naming epoch and step if the loss becomes non-finite.
-  std::vector<double> fit(const at::Tensor& x, const at::Tensor& y, std::vector<SGDGroup>& groups,
+  // A non-finite loss stops training with an error naming epoch and step, and the
+  // model keeps the weights from before that step: on the CPU the check runs
+  // before each update; on CUDA, without a host synchronisation, once per epoch,
+  // and the updates after the first non-finite loss are skipped on the device.
+  std::vector<double> fit(const at::Tensor& x, const at::Tensor& y, OptimizerLink& optimizer,
                           const FitOptions& options, const ProgressCallback& progress = {});
 
-  // Mean loss over the data, in batches, without updating anything.
-  double evaluate(const at::Tensor& x, const at::Tensor& y, int64_t batch_size);
+  // Mean loss over the data, in batches (batch_size 0: one batch), without
+  // updating anything. `interruption_point` runs after every batch.
+  double evaluate(const at::Tensor& x, const at::Tensor& y, int64_t batch_size,
+                  const std::function<void()>& interruption_point = {});
 
   // Forward only (inference): the model's output for x [B, in].
   at::Tensor predict(const at::Tensor& x);
 
-  // Run the ATen-operator step (the one CUDA uses) on the CPU too, instead of
-  // the fused CPU kernels: a reference for testing and debugging.
+  // Run the ATen-operator path (the one CUDA uses, with its once-per-epoch loss
+  // check) on the CPU too, instead of the fused CPU kernels: a reference for
+  // testing and debugging.
   void use_reference_kernels(bool enabled);
 
  private:

@@ -128,9 +128,9 @@ TORCHEXT_INLINE T gelu(T z) {
 }
 
 template <typename T>
-TORCHEXT_INLINE T gelu_derivative(T z) {
+TORCHEXT_INLINE T gelu_derivative(T z) {  // as gelu_backward, so inf and NaN give what it gives
   const T cdf = T(0.5) * (T(1) + std::erf(z * T(M_SQRT1_2)));
-  const T pdf = std::exp(T(-0.5) * z * z) * T(M_2_SQRTPI * M_SQRT1_2 * 0.5);
+  const T pdf = T(M_2_SQRTPI * M_SQRT1_2 * 0.5) * std::exp(z * z * T(-0.5));
   return cdf + z * pdf;
 }
 
@@ -151,8 +151,8 @@ TORCHEXT_INLINE void bias_activation_rows(T* z, const T* bias, int64_t begin, in
     // out may be z itself (in place), so no __restrict across the two.
     T* outr = out + r * cols;
     switch (act) {
-      case Activation::ReLU:
-        for (int64_t c = 0; c < cols; ++c) outr[c] = zr[c] > T(0) ? zr[c] : T(0);
+      case Activation::ReLU:  // as torch.relu: NaN stays NaN, -0.0 stays -0.0
+        for (int64_t c = 0; c < cols; ++c) outr[c] = zr[c] < T(0) ? T(0) : zr[c];
         break;
       case Activation::Tanh:
         for (int64_t c = 0; c < cols; ++c) outr[c] = std::tanh(zr[c]);
@@ -286,13 +286,26 @@ void activation_backward(T* grad, const T* z, const T* a, int64_t rows, int64_t 
 
 // ---------------------------------------------------------------------------
 // Losses (mean reduction).
+//
+// Sums run in double for accuracy. torch sums a float32 loss in float32, where a
+// sum beyond the float range is already infinite before the division by the
+// count; the_mean() keeps that, so an overflowing loss is inf here too.
+
+template <typename T>
+T the_mean(double sum, int64_t n) {
+  if (std::abs(sum) > static_cast<double>(std::numeric_limits<T>::max())) {
+    return static_cast<T>(sum > 0 ? std::numeric_limits<T>::infinity()
+                                  : -std::numeric_limits<T>::infinity());
+  }
+  return static_cast<T>(sum / static_cast<double>(n));
+}
 
 template <typename T>
 T mse_loss(const T* out, const T* target, int64_t n, T* grad) {
   if (n == 0) return std::numeric_limits<T>::quiet_NaN();  // as torch: mean of nothing
   const T norm = T(2) / static_cast<T>(n);  // mse_loss_backward's scale
   const double sum = TORCHEXT_PICK(squared_error_block)(out, target, n, norm, grad);
-  return static_cast<T>(sum / static_cast<double>(n));
+  return the_mean<T>(sum, n);
 }
 #undef TORCHEXT_PICK
 
@@ -316,7 +329,7 @@ T cross_entropy_loss(const T* logits, const int64_t* target, int64_t rows, int64
       g[target[r]] -= inv_rows;
     }
   }
-  return static_cast<T>(sum / static_cast<double>(rows));
+  return the_mean<T>(sum, rows);
 }
 
 #define TORCHEXT_INSTANTIATE(T)                                                                \

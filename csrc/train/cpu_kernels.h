@@ -7,7 +7,7 @@
 // Legend: B batch rows, I in features, O out features (row-major [B, O] etc.).
 #pragma once
 
-#include <torchext/trainer_core.h>
+#include <torchext/activation_loss.h>
 
 #include <cstdint>
 

@@ -7,6 +7,7 @@
 #include <torchext/trainer_core.h>
 
 #include <ATen/ATen.h>
+#include <c10/util/SmallVector.h>
 
 #include <vector>
 
@@ -17,13 +18,21 @@ struct Model {
   Loss loss = Loss::MSE;
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
-  std::vector<at::Tensor> params;       // W0, b0, W1, b1, ... (absent biases skipped)
-  std::vector<int64_t> weight_param;    // per layer: index into params
-  std::vector<int64_t> bias_param;      // per layer: index into params, or -1
+  std::vector<at::Tensor> params;  // W0, b0, W1, b1, ... (absent biases skipped)
+  std::vector<c10::SmallVector<int64_t, 2>> shapes;  // per param, as validated
+  std::vector<int64_t> weight_param;                 // per layer: index into params
+  std::vector<int64_t> bias_param;                   // per layer: index into params, or -1
+  // Per param: requires_grad, read at the start of each training call. A frozen
+  // parameter gets no gradient and no update.
+  c10::SmallVector<bool, 16> trainable;
 
   int64_t in_features() const { return layers.front().weight.size(1); }
   int64_t out_features() const { return layers.back().weight.size(0); }
   int64_t width(size_t layer) const { return layers[layer].weight.size(0); }
+  bool trains(int64_t param) const { return param >= 0 && trainable[param]; }
+  // The lowest layer with a trainable parameter (layers.size() if none): the
+  // backward pass stops there.
+  size_t first_trained_layer() const;
 };
 
 // Buffers for up to `capacity` rows; a step on B rows uses the first B.
@@ -43,8 +52,9 @@ struct Workspace {
 };
 
 // Forward (and, with backward, the loss gradient through every layer into
-// Workspace::param_grads). x [B, I] contiguous; y [B, O] (MSE) or [B] int64
-// (cross-entropy), contiguous. Writes the loss into Workspace::loss.
+// Workspace::param_grads of the trainable parameters). x [B, I] contiguous;
+// y [B, O] (MSE) or [B] int64 (cross-entropy), contiguous. Writes the loss into
+// Workspace::loss.
 void forward_backward_cpu(const Model& model, Workspace& ws, const at::Tensor& x,
                           const at::Tensor& y, bool backward);
 void forward_backward_aten(const Model& model, Workspace& ws, const at::Tensor& x,

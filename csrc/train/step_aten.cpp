@@ -85,18 +85,22 @@ void forward_backward_aten(const Model& model, Workspace& ws, const at::Tensor& 
   }
   if (!backward) return;
 
-  for (size_t l = depth; l-- > 0;) {
+  // As on the fused path: down to the lowest layer with a trainable parameter.
+  const size_t stop = model.first_trained_layer();
+  for (size_t l = depth; l-- > stop;) {
     const DenseLayer& layer = model.layers[l];
     at::Tensor grad = rows_of(ws.grad[l], rows);
     const at::Tensor a = rows_of(ws.out[l], rows);
     const at::Tensor z = ws.pre[l].defined() ? rows_of(ws.pre[l], rows) : a;
     activation_backward(layer.activation, grad, z, a);
-    const at::Tensor input = l == 0 ? x : rows_of(ws.out[l - 1], rows);
-    if (model.bias_param[l] >= 0) {
+    if (model.trains(model.bias_param[l])) {
       at::sum_out(ws.param_grads[model.bias_param[l]], grad, at::IntArrayRef{0});
     }
-    at::mm_out(ws.param_grads[model.weight_param[l]], grad.t(), input);
-    if (l > 0) {
+    if (model.trains(model.weight_param[l])) {
+      const at::Tensor input = l == 0 ? x : rows_of(ws.out[l - 1], rows);
+      at::mm_out(ws.param_grads[model.weight_param[l]], grad.t(), input);
+    }
+    if (l > stop) {
       at::Tensor grad_input = rows_of(ws.grad[l - 1], rows);
       at::mm_out(grad_input, grad, layer.weight);
     }

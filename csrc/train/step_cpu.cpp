@@ -48,19 +48,25 @@ void forward_backward(const Model& model, Workspace& ws, const at::Tensor& x, co
   *ptr<T>(ws.loss) = loss;
   if (!backward) return;
 
-  for (size_t l = depth; l-- > 0;) {
+  // Down to the lowest layer with a trainable parameter; frozen parameters get
+  // no gradient (the gradient still flows through their layers).
+  const size_t stop = model.first_trained_layer();
+  for (size_t l = depth; l-- > stop;) {
     const DenseLayer& layer = model.layers[l];
     const int64_t out = model.width(l), in = layer.weight.size(1);
     T* grad = ptr<T>(ws.grad[l]);
     const T* a = ptr<T>(ws.out[l]);
     const T* z = ws.pre[l].defined() ? ptr<T>(ws.pre[l]) : a;
-    T* bias_grad = model.bias_param[l] >= 0 ? ptr<T>(ws.param_grads[model.bias_param[l]]) : nullptr;
+    T* bias_grad =
+        model.trains(model.bias_param[l]) ? ptr<T>(ws.param_grads[model.bias_param[l]]) : nullptr;
     cpu::activation_backward<T>(grad, z, a, rows, out, layer.activation, bias_grad);
 
-    const T* input = l == 0 ? ptr<T>(x) : ptr<T>(ws.out[l - 1]);
-    T* weight_grad = ptr<T>(ws.param_grads[model.weight_param[l]]);
-    cpu::gemm<T>(true, false, out, in, rows, grad, out, input, in, weight_grad, in);
-    if (l > 0) {
+    if (model.trains(model.weight_param[l])) {
+      const T* input = l == 0 ? ptr<T>(x) : ptr<T>(ws.out[l - 1]);
+      T* weight_grad = ptr<T>(ws.param_grads[model.weight_param[l]]);
+      cpu::gemm<T>(true, false, out, in, rows, grad, out, input, in, weight_grad, in);
+    }
+    if (l > stop) {
       cpu::gemm<T>(false, false, rows, in, out, grad, out, ptr<T>(layer.weight), in,
                    ptr<T>(ws.grad[l - 1]), in);
     }

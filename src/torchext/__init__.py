@@ -72,6 +72,9 @@ def build_info():
 
 # After _C is loaded: ops registers fake kernels for ops that must exist by now.
 from . import nn, ops, optim  # noqa: E402
-from .trainer import Trainer  # noqa: E402
+from .trainer import CheckpointError, Trainer  # noqa: E402
 
-__all__ = ["__version__", "build_info", "cmake_prefix_path", "nn", "ops", "optim", "Trainer"]
+__all__ = [
+    "__version__", "build_info", "cmake_prefix_path", "nn", "ops", "optim", "Trainer",
+    "CheckpointError",
+]

@@ -36,7 +36,17 @@ import torch
 
 import torchext
 
+from ._checkpoint import CheckpointError, writable_target
 from .bench_report import format_markdown, format_table, save_plot
+from .cli_support import (
+    ArgumentParser,
+    check_device,
+    int_list,
+    integer,
+    print_error,
+    progress_bar,
+    real,
+)
 
 KINDS = ("linear", "sgd", "step", "fit")
 SEED_SIZES = [20, 30, 30, 40]
@@ -312,18 +322,6 @@ def _load_average():
         return None
 
 
-def int_list(text, what="expected positive integers"):
-    """argparse type: comma-separated positive integers ('' gives [])."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
-    return values
-
-
 def _kinds(text):
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
@@ -333,9 +331,13 @@ def _kinds(text):
     return kinds
 
 
+PROG = "python -m torchext bench"
+MAX_THREADS = 1024  # as for the main job: far beyond any machine's cores
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m torchext bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = ArgumentParser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -344,16 +346,19 @@ def build_parser():
                              "on a 2-core CPU)")
     parser.add_argument("--kinds", type=_kinds, default=list(KINDS),
                         help=f"comma-separated subset of {','.join(KINDS)} (default: all)")
-    parser.add_argument("--widths", type=int_list,
+    parser.add_argument("--widths", type=int_list(1, 65536, what="widths"),
                         help="widths of the square 4-layer networks timed besides the seed "
                              "network (default: 256,1024 on CPU, 1024,4096 on CUDA)")
-    parser.add_argument("--batch-sizes", type=int_list, help="batch sizes (default per device)")
-    parser.add_argument("--rounds", type=int, help="alternating rounds per cell (default 9; 3 "
-                                                   "with --quick)")
-    parser.add_argument("--block-ms", type=float,
-                        help="time per timed block of calls (default 100; 20 with --quick)")
+    parser.add_argument("--batch-sizes", type=int_list(1, 2**20, what="batch sizes"),
+                        help="batch sizes (default per device)")
+    parser.add_argument("--rounds", type=integer(1, 1000),
+                        help="alternating rounds per cell, 1 to 1000 (default 9; 3 with --quick)")
+    parser.add_argument("--block-ms", type=real(0, 60_000, lo_open=True),
+                        help="time per timed block of calls, in (0, 60000] ms (default 100; 20 "
+                             "with --quick)")
     parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads before timing")
+    parser.add_argument("--threads", type=integer(1, MAX_THREADS),
+                        help=f"torch.set_num_threads before timing, 1 to {MAX_THREADS}")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     parser.add_argument("--plot", metavar="PATH",
@@ -381,16 +386,18 @@ def run(args, argv):
                      f"{threads} threads: timings are unreliable; --threads 1 is steadier")
     todo = cells(args.kinds, widths, batches)
     results = []
-    for i, (kind, sizes, batch) in enumerate(todo):
-        if sys.stderr.isatty():
-            print(f"\r[{i + 1}/{len(todo)}] {kind} {'-'.join(map(str, sizes))} b{batch}   ",
-                  end="", file=sys.stderr, flush=True)
-        results.append(run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s,
-                                notes))
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-    if sys.stderr.isatty():
-        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    bar = progress_bar(len(todo), label="bench", when="auto")
+    try:
+        for i, (kind, sizes, batch) in enumerate(todo):
+            if bar is not None:
+                bar.update(i, f"{kind} {'-'.join(map(str, sizes))} b{batch}")
+            results.append(run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s,
+                                    notes))
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    finally:
+        if bar is not None:
+            bar.close()
     return {
         "benchmark": "torchext vs stock torch",
         "command": shlex.join(["python", "-m", "torchext", "bench", *argv]),
@@ -407,22 +414,27 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (args.device == "cpu" or args.device.startswith("cuda")):
-        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda was asked for but torch sees no CUDA device")
+    check_device(parser, args.device)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            print("python -m torchext bench: error: --plot needs matplotlib: pip install "
-                  "\"torchext[bench]\"", file=sys.stderr)
-            return 2
+            return print_error(PROG, "--plot needs matplotlib: pip install \"torchext[bench]\"")
+        try:
+            writable_target(args.plot, "--plot")
+        except CheckpointError as exc:
+            return print_error(PROG, exc)
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = run(args, argv)
-    if args.plot:
-        save_plot(args.plot, report)
+    try:
+        report = run(args, argv)
+        if args.plot:
+            save_plot(args.plot, report)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (RuntimeError, MemoryError, OSError) as exc:  # e.g. a size too large for memory
+        return print_error(PROG, exc)
     if args.json:
         print(json.dumps(report, indent=2))
     elif args.markdown:

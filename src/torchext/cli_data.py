@@ -12,12 +12,16 @@ User data (``--data PATH``), chosen by the file's extension:
             the target (for ``cross_entropy`` the last column is the class index). One header
             line is allowed if none of its cells is a number; ``#`` starts a comment line.
 ``x`` must be 2-D (samples × features). For ``mse``, ``y`` is 1-D (one target) or 2-D; for
-``cross_entropy``, 1-D whole numbers from 0. Every problem raises :class:`DataError` with one
-sentence that names the file and what is wrong, so the command line can print it and exit.
+``cross_entropy``, 1-D whole numbers from 0 to at most ``MAX_CLASSES - 1`` (the output layer has
+one unit per class up to the largest label, so a stray huge label would otherwise ask for an
+absurd layer). A CSV may start with a UTF-8 byte-order mark. Every problem raises
+:class:`DataError` with one sentence that names the file and what is wrong, so the command line
+can print it and exit.
 """
 
 import math
 import os
+import stat
 import zipfile
 
 import numpy as np
@@ -26,6 +30,9 @@ import torch
 __all__ = ["DataError", "load_data", "split", "teacher_task"]
 
 TEACHER_HIDDEN = 64
+MAX_CLASSES = 100_000
+MAX_SAMPLES = 10**7  # the built-in task: 10**7 samples of 20 float64 features are 1.6 GB
+MAX_TARGETS = 10**6
 
 
 class DataError(ValueError):
@@ -58,8 +65,18 @@ def split(x, y, held_out_fraction, seed=0):
 def load_data(path, loss, *, targets=1, dtype=torch.float32):
     """Reads ``(x, y)`` from ``path`` (.pt, .npz or .csv) and checks them for ``loss``."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: is a directory, not a data file")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{path}: is not a regular file (a FIFO, device or socket)")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: cannot read it (permission denied)")
     ext = os.path.splitext(path)[1].lower()
     readers = {".pt": _read_pt, ".pth": _read_pt, ".npz": _read_npz,
                ".csv": lambda p: _read_csv(p, targets)}
@@ -110,7 +127,8 @@ def _pick(path, data, kind, kind_name):
 
 def _read_csv(path, targets):
     rows, width = [], None
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+    # utf-8-sig: a byte-order mark (as some spreadsheets write) is not part of the first cell.
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             line = line.strip()
             if not line or line.startswith("#"):
@@ -165,9 +183,16 @@ def _check(path, x, y, loss, dtype):
         if y.dim() != 1:
             raise DataError(f"{path}: cross_entropy needs 1-D class indices in 'y', found shape "
                             f"{tuple(y.shape)}")
+        if y.is_floating_point() and not torch.isfinite(y).all():
+            raise DataError(f"{path}: 'y' contains NaN or infinite values")
         if (y.is_floating_point() and not torch.equal(y, y.round())) or (y < 0).any():
             raise DataError(f"{path}: cross_entropy needs whole-number class indices from 0 in "
                             "'y'")
+        largest = y.max().item()
+        if largest >= MAX_CLASSES:
+            raise DataError(f"{path}: class label {largest:.15g} would need an output layer of "
+                            f"{largest + 1:.15g} classes; labels must lie in [0, "
+                            f"{MAX_CLASSES - 1}]")
         return x, y.to(torch.long)
     if y.dim() > 2:
         raise DataError(f"{path}: 'y' must be 1-D or 2-D for mse, found shape {tuple(y.shape)}")

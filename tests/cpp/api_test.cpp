@@ -1,78 +1,23 @@
 // Tests of the torchext C++ API against LibTorch's own modules, optimizer and a
 // hand-written training loop (the reference for every number), plus error
-// messages and C++ checkpoints. A tiny self-contained runner: each TEST_CASE
-// registers itself; main runs them all and reports every failure.
+// messages and C++ checkpoints. The Trainer's robustness (threads, changed and
+// frozen parameters, exceptions, checkpoint files) is in trainer_robustness_test.cpp;
+// both register their cases with test_runner.h, whose main runs them all.
 #include <torchext/torchext.h>
 
 #include <torch/torch.h>
 
 #include <cstdio>
-#include <functional>
-#include <sstream>
 #include <string>
-#include <utility>
 #include <vector>
 
-// ---------------------------------------------------------------------------
-// Runner
+#define TORCHEXT_TEST_MAIN
+#include "test_runner.h"
+
+using torchext_test::close;
+using torchext_test::kSeedSizes;
 
 namespace {
-
-std::vector<std::pair<std::string, std::function<void()>>>& registry() {
-  static std::vector<std::pair<std::string, std::function<void()>>> cases;
-  return cases;
-}
-
-struct Register {
-  Register(const char* name, std::function<void()> body) {
-    registry().emplace_back(name, std::move(body));
-  }
-};
-
-struct Failure {
-  std::string message;
-};
-
-#define TEST_CASE(name)                                    \
-  void name();                                             \
-  const Register register_##name(#name, name);             \
-  void name()
-
-#define EXPECT(cond)                                                                 \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::ostringstream message_;                                                   \
-      message_ << __FILE__ << ":" << __LINE__ << ": expected " #cond;                \
-      throw Failure{message_.str()};                                                 \
-    }                                                                                \
-  } while (0)
-
-// `statement` must raise c10::Error whose message contains `text`.
-#define EXPECT_ERROR(statement, text)                                                \
-  do {                                                                               \
-    bool raised_ = false;                                                            \
-    try {                                                                            \
-      statement;                                                                     \
-    } catch (const c10::Error& e_) {                                                 \
-      raised_ = true;                                                                \
-      if (std::string(e_.what()).find(text) == std::string::npos) {                  \
-        std::ostringstream message_;                                                 \
-        message_ << __FILE__ << ":" << __LINE__ << ": error of " #statement          \
-                 << " lacks \"" << (text) << "\": " << e_.what_without_backtrace();  \
-        throw Failure{message_.str()};                                               \
-      }                                                                              \
-    }                                                                                \
-    if (!raised_) {                                                                  \
-      std::ostringstream message_;                                                   \
-      message_ << __FILE__ << ":" << __LINE__ << ": " #statement " raised nothing";  \
-      throw Failure{message_.str()};                                                 \
-    }                                                                                \
-  } while (0)
-
-bool close(const torch::Tensor& a, const torch::Tensor& b, double rtol = 1e-12,
-           double atol = 1e-12) {
-  return a.sizes() == b.sizes() && torch::allclose(a, b, rtol, atol);
-}
 
 std::vector<std::string> keys(const torch::nn::Module& module) {
   std::vector<std::string> out;
@@ -81,8 +26,6 @@ std::vector<std::string> keys(const torch::nn::Module& module) {
   }
   return out;
 }
-
-const std::vector<int64_t> kSeedSizes = {20, 30, 30, 40};  // the walk-through's network
 
 }  // namespace
 
@@ -456,25 +399,5 @@ TEST_CASE(bad_input_raises_clear_errors) {
   bad.insert("0.weight", torch::zeros({30, 20}));
   EXPECT_ERROR(torchext::load_state_dict(*model, bad), "missing keys [0.bias, 2.weight");
   EXPECT_ERROR(trainer.load_state_dict(c10::IValue(bad)), "missing 'model'");
-  EXPECT_ERROR(torchext::load("no_such_checkpoint.pt"), "cannot open");
-}
-
-// ---------------------------------------------------------------------------
-
-int main() {
-  int failed = 0;
-  for (const auto& [name, body] : registry()) {
-    try {
-      body();
-      std::printf("ok      %s\n", name.c_str());
-    } catch (const Failure& f) {
-      ++failed;
-      std::printf("FAILED  %s\n        %s\n", name.c_str(), f.message.c_str());
-    } catch (const std::exception& e) {
-      ++failed;
-      std::printf("FAILED  %s\n        unexpected exception: %s\n", name.c_str(), e.what());
-    }
-  }
-  std::printf("%zu tests, %d failed\n", registry().size(), failed);
-  return failed == 0 ? 0 : 1;
+  EXPECT_ERROR(torchext::load("no_such_checkpoint.pt"), "no such file");
 }

@@ -1,0 +1,37 @@
+// TrainerCore::Impl, shared by the core's entry points (trainer_core.cpp) and its
+// loops (fit_loop.cpp).
+#pragma once
+
+#include <torchext/trainer_core.h>
+
+#include "train/model.h"
+
+#include <atomic>
+
+namespace torchext {
+
+struct TrainerCore::Impl {
+  train::Model model;
+  train::Workspace ws;
+  bool reference_kernels = false;
+  // Read without the lock by steps() and backend(), so atomic.
+  std::atomic<int64_t> steps{0};
+  std::atomic<bool> on_cuda{false};
+  mutable TrainerLock lock;
+
+  bool use_cpu_kernels() const { return model.device.is_cpu() && !reference_kernels; }
+  // The ATen path (CUDA, and the CPU reference) checks fit's losses on the device,
+  // once per epoch, instead of before every update.
+  bool defers_loss_checks() const { return !use_cpu_kernels(); }
+
+  // Re-checks the parameters against the model as validated; if they changed in
+  // place, rebuilds the model for them (or raises, naming the problem, with
+  // nothing changed).
+  void refresh(const char* who);
+  // The start of a training call: the trainable parameters, the optimizer's
+  // groups, validated. Raises if no parameter requires grad.
+  std::vector<SGDGroup> begin_training(OptimizerLink& optimizer, const char* who);
+  void forward_backward(const at::Tensor& x, const at::Tensor& y, bool backward);
+};
+
+}  // namespace torchext

@@ -1,0 +1,202 @@
+// TrainerCore::fit and TrainerCore::evaluate: the loops over a dataset.
+//
+// fit keeps its bookkeeping exact at every point an exception can leave it: a
+// step's update is applied and counted before anything that may throw (the
+// interruption point, the progress callback) runs, and a non-finite loss stops
+// training before its update. On the fused CPU path the loss is read before each
+// update. The ATen path (CUDA, and the CPU reference) avoids a host
+// synchronisation per step: each step's loss stays on the device, a sticky
+// device flag skips every update after the first non-finite loss, and the
+// losses are read once per epoch (or when an exception ends the epoch early) to
+// settle the step count at the updates actually applied.
+#include <torchext/trainer_core.h>
+
+#include "train/core_impl.h"
+#include "train/update.h"
+#include "train/validation.h"
+
+#include <c10/core/GradMode.h>
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+namespace torchext {
+namespace {
+
+[[noreturn]] void stop_for_loss(const char* who, double value, int64_t epoch, int64_t step) {
+  TORCH_CHECK(false, who, ": the loss became ", value, " at epoch ", epoch, ", step ", step,
+              "; training stopped before that step's update (lower the learning rate or check "
+              "the data)");
+}
+
+// The losses of one epoch on the ATen path, read back once.
+struct DeviceLosses {
+  at::Tensor losses;  // [steps_per_epoch], model dtype, on the device
+  at::Tensor skip;    // 0-dim float32 on the device: non-zero once a loss was not finite
+
+  // (index of the first non-finite loss or `issued`, sample-weighted sum of the
+  // losses before it) over the first `issued` steps.
+  std::pair<int64_t, double> read(int64_t issued, int64_t batch, int64_t samples) const {
+    if (issued == 0) return {0, 0.0};
+    const at::Tensor host = losses.narrow(0, 0, issued).to(at::kCPU, at::kDouble);
+    const double* values = host.data_ptr<double>();
+    double sum = 0;
+    for (int64_t s = 0; s < issued; ++s) {
+      if (!std::isfinite(values[s])) return {s, sum};
+      sum += values[s] * static_cast<double>(std::min(batch, samples - s * batch));
+    }
+    return {issued, sum};
+  }
+};
+
+}  // namespace
+
+std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
+                                     OptimizerLink& optimizer, const FitOptions& options,
+                                     const ProgressCallback& progress) {
+  constexpr const char* who = "torchext.Trainer.fit";
+  auto hold = impl_->lock.acquire(TrainerLock::Access::Run, who);
+  Impl& impl = *impl_;
+  TORCH_CHECK(options.batch_size >= 1, who, ": batch_size must be at least 1, got ",
+              options.batch_size);
+  TORCH_CHECK(options.epochs >= 0, who, ": epochs must be non-negative, got ", options.epochs);
+  train::check_samples(x, y, who);
+  impl.refresh(who);
+  const train::Model& model = impl.model;
+  train::check_batch(model, x, y, who, /*check_target_range=*/true);
+  TORCH_CHECK(!options.generator.has_value() || options.generator->device().is_cpu(), who,
+              ": the shuffling generator must be a CPU torch.Generator");
+  const int64_t samples = x.size(0);
+  const int64_t batch = std::min(options.batch_size, samples);
+  const int64_t steps_per_epoch = (samples + batch - 1) / batch;
+  TORCH_CHECK(
+      options.epochs <= (std::numeric_limits<int64_t>::max() - impl.steps) / steps_per_epoch, who,
+      ": ", options.epochs, " epochs of ", steps_per_epoch, " steps overflow the step count");
+  std::vector<SGDGroup> groups = impl.begin_training(optimizer, who);
+  at::NoGradGuard no_grad;
+
+  const bool deferred = impl.defers_loss_checks();
+  const at::Tensor xc = x.contiguous(), yc = y.contiguous();
+  at::Tensor x_batch = at::empty({batch, x.size(1)}, xc.options());
+  at::Tensor y_batch =
+      y.dim() == 2 ? at::empty({batch, y.size(1)}, yc.options()) : at::empty({batch}, yc.options());
+  impl.ws.ensure(model, batch);  // and no other size during the call: `update` holds its grads
+  train::Update update(model, impl.ws, groups);
+
+  std::vector<double> epoch_losses;
+  using Clock = std::chrono::steady_clock;
+  auto last_report = Clock::now();
+  for (int64_t epoch = 0; epoch < options.epochs; ++epoch) {
+    at::Tensor order;
+    if (options.shuffle) {
+      order = at::randperm(samples, options.generator, at::TensorOptions().dtype(at::kLong))
+                  .to(model.device);
+    }
+    DeviceLosses device;
+    if (deferred) {
+      device.losses = at::empty({steps_per_epoch}, xc.options());
+      device.skip = at::zeros({}, xc.options().dtype(at::kFloat));
+    }
+    const int64_t epoch_start = impl.steps;
+    int64_t issued = 0;  // steps run this epoch (on the ATen path: updates applied or skipped)
+    double weighted_sum = 0;
+    try {
+      for (int64_t s = 0; s < steps_per_epoch; ++s) {
+        const int64_t start = s * batch, rows = std::min(batch, samples - start);
+        at::Tensor xb = x_batch.narrow(0, 0, rows), yb = y_batch.narrow(0, 0, rows);
+        if (options.shuffle) {
+          const at::Tensor index = order.narrow(0, start, rows);
+          at::index_select_out(xb, xc, 0, index);
+          at::index_select_out(yb, yc, 0, index);
+        } else {
+          xb = xc.narrow(0, start, rows);
+          yb = yc.narrow(0, start, rows);
+        }
+        impl.forward_backward(xb, yb, /*backward=*/true);
+        if (!deferred) {
+          const double value = impl.ws.loss.item<double>();
+          if (!std::isfinite(value)) stop_for_loss(who, value, epoch, s);
+          update.apply(optimizer, c10::nullopt);
+          weighted_sum += value * static_cast<double>(rows);
+        } else {
+          device.losses[s].copy_(impl.ws.loss);
+          device.skip.logical_or_(at::isfinite(impl.ws.loss).logical_not_());
+          if (update.creates_buffers()) {
+            // A created buffer must be written by its update: decide on the host.
+            // This is the call's first update (every later one finds its buffers),
+            // so no update was skipped before it.
+            const double value = impl.ws.loss.item<double>();
+            if (!std::isfinite(value)) stop_for_loss(who, value, epoch, s);
+            update.apply(optimizer, c10::nullopt);
+          } else {
+            update.apply(optimizer, device.skip);
+          }
+        }
+        ++issued;
+        ++impl.steps;
+        if (options.interruption_point) options.interruption_point();
+        if (progress && (Clock::now() - last_report > std::chrono::milliseconds(50))) {
+          const double so_far = static_cast<double>(std::min(samples, (s + 1) * batch));
+          progress(
+              {epoch, s + 1, steps_per_epoch, deferred ? std::nan("") : weighted_sum / so_far});
+          last_report = Clock::now();
+        }
+      }
+    } catch (...) {
+      if (deferred) {
+        // Count only the updates that were applied before the first non-finite loss.
+        try {
+          impl.steps = epoch_start + device.read(issued, batch, samples).first;
+        } catch (...) {  // the device itself failed: the count stays as issued
+        }
+      }
+      throw;
+    }
+    if (deferred) {
+      const auto [applied, sum] = device.read(issued, batch, samples);
+      impl.steps = epoch_start + applied;
+      if (applied < issued) {
+        const double value = device.losses[applied].item<double>();
+        TORCH_CHECK(false, who, ": the loss became ", value, " at epoch ", epoch, ", step ",
+                    applied,
+                    "; training stopped (checked at the end of the epoch on this "
+                    "device: the updates from that step on were skipped, so the model keeps "
+                    "the weights from before it; lower the learning rate or check the data)");
+      }
+      weighted_sum = sum;
+    }
+    epoch_losses.push_back(weighted_sum / static_cast<double>(samples));
+    if (progress) progress({epoch, steps_per_epoch, steps_per_epoch, epoch_losses.back()});
+    last_report = Clock::now();
+  }
+  return epoch_losses;
+}
+
+double TrainerCore::evaluate(const at::Tensor& x, const at::Tensor& y, int64_t batch_size,
+                             const std::function<void()>& interruption_point) {
+  constexpr const char* who = "torchext.Trainer.evaluate";
+  auto hold = impl_->lock.acquire(TrainerLock::Access::Run, who);
+  Impl& impl = *impl_;
+  TORCH_CHECK(batch_size >= 0, who, ": batch_size must be non-negative (0: one batch), got ",
+              batch_size);
+  train::check_samples(x, y, who);
+  impl.refresh(who);
+  train::check_batch(impl.model, x, y, who, /*check_target_range=*/true);
+  at::NoGradGuard no_grad;
+  const int64_t samples = x.size(0);
+  const int64_t batch = batch_size > 0 ? std::min(batch_size, samples) : samples;
+  impl.ws.ensure(impl.model, batch);
+  const at::Tensor xc = x.contiguous(), yc = y.contiguous();
+  at::Tensor total = at::zeros({}, xc.options().dtype(at::kDouble));
+  for (int64_t start = 0; start < samples; start += batch) {
+    const int64_t rows = std::min(batch, samples - start);
+    impl.forward_backward(xc.narrow(0, start, rows), yc.narrow(0, start, rows),
+                          /*backward=*/false);
+    total.add_(impl.ws.loss, static_cast<double>(rows));
+    if (interruption_point) interruption_point();
+  }
+  return total.item<double>() / static_cast<double>(samples);
+}
+
+}  // namespace torchext
