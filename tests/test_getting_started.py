@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchext.__main__ import PARITY_RTOL
+from torchext.cli_job import PARITY_RTOL
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "getting_started.md"
