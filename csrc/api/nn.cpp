@@ -15,9 +15,7 @@ namespace torchext::nn {
 LinearOptions::LinearOptions(int64_t in_features, int64_t out_features)
     : in_features_(in_features), out_features_(out_features) {}
 
-LinearImpl::LinearImpl(const LinearOptions& options_) : options(options_) {
-  LinearImpl::reset();
-}
+LinearImpl::LinearImpl(const LinearOptions& options_) : options(options_) { LinearImpl::reset(); }
 
 void LinearImpl::reset() {
   TORCH_CHECK(options.in_features() >= 0 && options.out_features() >= 0,
@@ -25,8 +23,8 @@ void LinearImpl::reset() {
               options.in_features(), " and ", options.out_features());
   // Allocation order (weight, then bias) and the init calls below are those of
   // torch.nn.Linear, so both draw the same numbers from the generator.
-  weight = register_parameter(
-      "weight", torch::empty({options.out_features(), options.in_features()}));
+  weight =
+      register_parameter("weight", torch::empty({options.out_features(), options.in_features()}));
   if (options.bias()) {
     bias = register_parameter("bias", torch::empty(options.out_features()));
   } else {
@@ -77,9 +75,9 @@ void MLPImpl::reset() {
   // parameter names ("0.weight", "2.weight", ...).
   const size_t stride = with_activation ? 2 : 1;
   for (size_t i = 0; i + 1 < sizes.size(); ++i) {
-    layers_.push_back(register_module(
-        std::to_string(i * stride),
-        Linear(LinearOptions(sizes[i], sizes[i + 1]).bias(options.bias()))));
+    layers_.push_back(
+        register_module(std::to_string(i * stride),
+                        Linear(LinearOptions(sizes[i], sizes[i + 1]).bias(options.bias()))));
   }
 }
 
@@ -97,20 +95,11 @@ torch::Tensor MLPImpl::forward(torch::Tensor input) {
       break;
     }
     switch (activation) {
-      case Activation::Identity:
-        break;
-      case Activation::ReLU:
-        input = torch::relu(input);
-        break;
-      case Activation::Tanh:
-        input = torch::tanh(input);
-        break;
-      case Activation::Sigmoid:
-        input = torch::sigmoid(input);
-        break;
-      case Activation::GELU:
-        input = torch::gelu(input);
-        break;
+      case Activation::Identity: break;
+      case Activation::ReLU: input = torch::relu(input); break;
+      case Activation::Tanh: input = torch::tanh(input); break;
+      case Activation::Sigmoid: input = torch::sigmoid(input); break;
+      case Activation::GELU: input = torch::gelu(input); break;
     }
   }
   return input;

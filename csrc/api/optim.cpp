@@ -61,8 +61,7 @@ void check_options(const SGDOptions& options) {
   // torch.optim.SGD's messages (torch::optim::SGD uses the same words).
   TORCH_CHECK(options.lr() >= 0, "Invalid learning rate: ", options.lr());
   TORCH_CHECK(options.momentum() >= 0, "Invalid momentum value: ", options.momentum());
-  TORCH_CHECK(options.weight_decay() >= 0, "Invalid weight_decay value: ",
-              options.weight_decay());
+  TORCH_CHECK(options.weight_decay() >= 0, "Invalid weight_decay value: ", options.weight_decay());
   TORCH_CHECK(!options.nesterov() || (options.momentum() > 0 && options.dampening() == 0),
               "Nesterov momentum requires a momentum and zero dampening");
 }
@@ -127,13 +126,15 @@ torch::Tensor SGD::step(LossClosure closure) {
       if (!g.defined()) {
         continue;
       }
-      TORCH_CHECK(!g.is_sparse(), "torchext::optim::SGD does not support sparse gradients (a "
-                  "parameter of shape ", p.sizes(), " has one); use torch::optim::SGD for them");
-      TORCH_CHECK(g.sizes() == p.sizes() && g.scalar_type() == p.scalar_type() &&
-                      g.device() == p.device(),
-                  "torchext::optim::SGD: a gradient does not match its parameter (parameter ",
-                  p.sizes(), " ", p.scalar_type(), " on ", p.device(), ", gradient ", g.sizes(),
-                  " ", g.scalar_type(), " on ", g.device(), ")");
+      TORCH_CHECK(!g.is_sparse(),
+                  "torchext::optim::SGD does not support sparse gradients (a "
+                  "parameter of shape ",
+                  p.sizes(), " has one); use torch::optim::SGD for them");
+      TORCH_CHECK(
+          g.sizes() == p.sizes() && g.scalar_type() == p.scalar_type() && g.device() == p.device(),
+          "torchext::optim::SGD: a gradient does not match its parameter (parameter ", p.sizes(),
+          " ", p.scalar_type(), " on ", p.device(), ", gradient ", g.sizes(), " ", g.scalar_type(),
+          " on ", g.device(), ")");
     }
   }
   for (auto& group : param_groups_) {

@@ -107,8 +107,9 @@ c10::IValue unpickle(caffe2::serialize::PyTorchStreamReader& reader,
 c10::IValue load(const std::string& path) {
   constexpr const char* who = "torchext::load";
   const std::vector<char> bytes = detail::read_checkpoint_bytes(path, who);
-  TORCH_CHECK(bytes.size() >= 4 && std::equal(bytes.begin(), bytes.begin() + 4, "PK\x03\x04"),
-              who, ": '", path, "' is not a torch.save file (not a zip archive; a file from "
+  TORCH_CHECK(bytes.size() >= 4 && std::equal(bytes.begin(), bytes.begin() + 4, "PK\x03\x04"), who,
+              ": '", path,
+              "' is not a torch.save file (not a zip archive; a file from "
               "torch.save(..., _use_new_zipfile_serialization=False) must be saved again)");
   std::istringstream stream(std::string(bytes.begin(), bytes.end()));
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> opened;
@@ -123,8 +124,10 @@ c10::IValue load(const std::string& path) {
   try {
     return unpickle(reader, bytes);
   } catch (const c10::Error& e) {
-    TORCH_CHECK(false, who, ": '", path, "' is damaged or not a torch.save file of plain "
-                "containers and tensors (", first_line(e), ")");
+    TORCH_CHECK(false, who, ": '", path,
+                "' is damaged or not a torch.save file of plain "
+                "containers and tensors (",
+                first_line(e), ")");
   }
 }
 
@@ -318,8 +321,10 @@ void load_optimizer_state_dict(optim::SGD& optimizer, const c10::IValue& state) 
       return value ? as_bool(*value, who, name + "." + key) : false;
     };
     optim::SGDOptions parsed(number("lr"));
-    parsed.momentum(number("momentum")).dampening(number("dampening"))
-        .weight_decay(number("weight_decay")).nesterov(flag("nesterov"))
+    parsed.momentum(number("momentum"))
+        .dampening(number("dampening"))
+        .weight_decay(number("weight_decay"))
+        .nesterov(flag("nesterov"))
         .maximize(flag("maximize"));
     optim::check_options(parsed);
     options.push_back(parsed);

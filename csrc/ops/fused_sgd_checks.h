@@ -32,25 +32,22 @@ inline void check_scalar_tensor(const std::optional<at::Tensor>& t, const char* 
 }
 
 // One tensor of a (param, grad, buffer) triple against its param.
-inline void check_companion(const at::Tensor& t, const at::Tensor& p, const char* name,
-                            size_t i) {
+inline void check_companion(const at::Tensor& t, const at::Tensor& p, const char* name, size_t i) {
   TORCH_CHECK(t.defined(), "torchext.fused_sgd_: ", name, "[", i, "] is undefined");
-  TORCH_CHECK(t.layout() == at::kStrided, "torchext.fused_sgd_: ", name, "[", i,
-              "] has layout ", t.layout(), "; only dense (strided) tensors are supported");
+  TORCH_CHECK(t.layout() == at::kStrided, "torchext.fused_sgd_: ", name, "[", i, "] has layout ",
+              t.layout(), "; only dense (strided) tensors are supported");
   TORCH_CHECK(t.sizes() == p.sizes(), "torchext.fused_sgd_: ", name, "[", i, "] has shape ",
               t.sizes(), " but params[", i, "] has shape ", p.sizes());
   TORCH_CHECK(t.scalar_type() == p.scalar_type(), "torchext.fused_sgd_: ", name, "[", i,
-              "] has dtype ", t.scalar_type(), " but params[", i, "] has dtype ",
-              p.scalar_type());
+              "] has dtype ", t.scalar_type(), " but params[", i, "] has dtype ", p.scalar_type());
   TORCH_CHECK(t.device() == p.device(), "torchext.fused_sgd_: ", name, "[", i, "] is on ",
               t.device(), " but params[", i, "] is on ", p.device());
 }
 
 // Validates a whole call. `lr` is the learning-rate tensor of the tensor_lr
 // overload (nullptr for a float lr); `device_type` is the backend of the kernel.
-inline void check_args(at::TensorList params, at::TensorList grads,
-                       at::TensorList momentum_buffers, size_t is_first_step_size,
-                       double momentum, const at::Tensor* lr,
+inline void check_args(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                       size_t is_first_step_size, double momentum, const at::Tensor* lr,
                        const std::optional<at::Tensor>& grad_scale,
                        const std::optional<at::Tensor>& found_inf, at::DeviceType device_type) {
   const size_t n = params.size();
@@ -88,14 +85,15 @@ inline void check_args(at::TensorList params, at::TensorList grads,
     TORCH_CHECK(p.device() == device, "torchext.fused_sgd_: params[", i, "] is on ", p.device(),
                 " but params[0] is on ", device, "; all tensors of one call share a device");
     TORCH_CHECK(at::has_internal_overlap(p) != at::MemOverlap::Yes, "torchext.fused_sgd_: params[",
-                i, "] has elements that share memory (e.g. an expanded tensor) and cannot be "
+                i,
+                "] has elements that share memory (e.g. an expanded tensor) and cannot be "
                 "updated in place");
     check_companion(grads[i], p, "grads", i);
     // With grad_scale the kernels write the unscaled gradient back, as torch's fused SGD does.
-    TORCH_CHECK(!grad_scale.has_value() ||
-                    at::has_internal_overlap(grads[i]) != at::MemOverlap::Yes,
-                "torchext.fused_sgd_: grads[", i,
-                "] has elements that share memory and cannot be unscaled in place");
+    TORCH_CHECK(
+        !grad_scale.has_value() || at::has_internal_overlap(grads[i]) != at::MemOverlap::Yes,
+        "torchext.fused_sgd_: grads[", i,
+        "] has elements that share memory and cannot be unscaled in place");
     if (!momentum_buffers.empty()) {
       check_companion(momentum_buffers[i], p, "momentum_buffers", i);
       TORCH_CHECK(at::has_internal_overlap(momentum_buffers[i]) != at::MemOverlap::Yes,
@@ -106,8 +104,10 @@ inline void check_args(at::TensorList params, at::TensorList grads,
 
   if (lr != nullptr) {
     TORCH_CHECK(lr->defined(), "torchext.fused_sgd_: lr is an undefined tensor");
-    TORCH_CHECK(lr->numel() == 1, "torchext.fused_sgd_: a tensor lr must have exactly one "
-                "element, got shape ", lr->sizes());
+    TORCH_CHECK(lr->numel() == 1,
+                "torchext.fused_sgd_: a tensor lr must have exactly one "
+                "element, got shape ",
+                lr->sizes());
     TORCH_CHECK(lr->scalar_type() == at::kFloat || lr->scalar_type() == at::kDouble,
                 "torchext.fused_sgd_: a tensor lr must be float32 or float64, got ",
                 lr->scalar_type());

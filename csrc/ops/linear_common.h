@@ -44,9 +44,8 @@ inline void check_linear_args(const at::Tensor& input, const at::Tensor& weight,
               ") must equal in_features (", weight.size(1), ")");
   if (bias.has_value() && bias->defined()) {
     check_same_dtype_and_device(op, "bias", *bias, input);
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
-                ": bias must have shape [", weight.size(0), "] (out_features), got ",
-                bias->sizes());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias must have shape [",
+                weight.size(0), "] (out_features), got ", bias->sizes());
   }
 }
 
@@ -57,13 +56,22 @@ inline void check_linear_backward_args(const at::Tensor& grad_output, const at::
   check_same_dtype_and_device(op, "grad_output", grad_output, input);
   std::vector<int64_t> expected(input.sizes().begin(), input.sizes().end());
   expected.back() = weight.size(0);
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), op, ": grad_output must have shape ",
-              at::IntArrayRef(expected), " (the output of linear), got ", grad_output.sizes());
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), op,
+              ": grad_output must have shape ", at::IntArrayRef(expected),
+              " (the output of linear), got ", grad_output.sizes());
+}
+
+// B: the product of all dims but the last (1 for a 1-D tensor). Spelled out rather
+// than left to reshape's -1, which cannot infer B when the last dim is 0.
+inline int64_t leading_rows(const at::Tensor& t) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) rows *= t.size(d);
+  return rows;
 }
 
 // [*, C] -> [B, C]; a view whenever the strides allow it.
 inline at::Tensor flatten_to_2d(const at::Tensor& t) {
-  return t.dim() == 2 ? t : t.reshape({-1, t.size(-1)});
+  return t.dim() == 2 ? t : t.reshape({leading_rows(t), t.size(-1)});
 }
 
 // The output shape of linear: input's leading dims, then O.

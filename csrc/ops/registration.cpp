@@ -42,9 +42,10 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& weight,
   return op.call(input, weight, bias);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const at::Tensor& grad_output,
+                                                               const at::Tensor& input,
+                                                               const at::Tensor& weight,
+                                                               std::array<bool, 3> output_mask) {
   static auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("torchext::linear_backward", "")
@@ -57,12 +58,12 @@ void fused_sgd_(at::TensorList params, at::TensorList grads, at::TensorList mome
                 c10::ArrayRef<bool> is_first_step, double lr, const SGDStepOptions& options,
                 const c10::optional<at::Tensor>& grad_scale,
                 const c10::optional<at::Tensor>& found_inf) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torchext::fused_sgd_", "")
-                       .typed<void(at::TensorList, at::TensorList, at::TensorList,
-                                   const c10::List<bool>&, double, double, double, double, bool,
-                                   bool, const c10::optional<at::Tensor>&,
-                                   const c10::optional<at::Tensor>&)>();
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("torchext::fused_sgd_", "")
+          .typed<void(at::TensorList, at::TensorList, at::TensorList, const c10::List<bool>&,
+                      double, double, double, double, bool, bool, const c10::optional<at::Tensor>&,
+                      const c10::optional<at::Tensor>&)>();
   op.call(params, grads, momentum_buffers, c10::List<bool>(is_first_step), lr, options.momentum,
           options.dampening, options.weight_decay, options.nesterov, options.maximize, grad_scale,
           found_inf);
@@ -72,12 +73,12 @@ void fused_sgd_(at::TensorList params, at::TensorList grads, at::TensorList mome
                 c10::ArrayRef<bool> is_first_step, const at::Tensor& lr,
                 const SGDStepOptions& options, const c10::optional<at::Tensor>& grad_scale,
                 const c10::optional<at::Tensor>& found_inf) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torchext::fused_sgd_", "tensor_lr")
-                       .typed<void(at::TensorList, at::TensorList, at::TensorList,
-                                   const c10::List<bool>&, const at::Tensor&, double, double,
-                                   double, bool, bool, const c10::optional<at::Tensor>&,
-                                   const c10::optional<at::Tensor>&)>();
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("torchext::fused_sgd_", "tensor_lr")
+          .typed<void(at::TensorList, at::TensorList, at::TensorList, const c10::List<bool>&,
+                      const at::Tensor&, double, double, double, bool, bool,
+                      const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&)>();
   op.call(params, grads, momentum_buffers, c10::List<bool>(is_first_step), lr, options.momentum,
           options.dampening, options.weight_decay, options.nesterov, options.maximize, grad_scale,
           found_inf);

@@ -29,8 +29,9 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def(
       "linear",
-      [](const at::Tensor& input, const at::Tensor& weight,
-         const c10::optional<at::Tensor>& bias) { return torchext::linear(input, weight, bias); },
+      [](const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+        return torchext::linear(input, weight, bias);
+      },
       py::arg("input"), py::arg("weight"), py::arg("bias") = py::none(),
       py::call_guard<py::gil_scoped_release>(), "torch.ops.torchext.linear, bound directly");
 

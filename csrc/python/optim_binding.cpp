@@ -57,10 +57,9 @@ void fused_sgd_direct(const std::vector<at::Tensor>& params, const std::vector<a
 template <typename Lr>
 void def_fused_sgd(py::module_& m, const char* name, const char* doc) {
   m.def(name, &fused_sgd_direct<Lr>, py::arg("params"), py::arg("grads"),
-        py::arg("momentum_buffers"), py::arg("is_first_step"), py::arg("lr"),
-        py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"),
-        py::arg("maximize"), py::arg("grad_scale"), py::arg("found_inf"),
-        py::call_guard<py::gil_scoped_release>(), doc);
+        py::arg("momentum_buffers"), py::arg("is_first_step"), py::arg("lr"), py::arg("momentum"),
+        py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),
+        py::arg("grad_scale"), py::arg("found_inf"), py::call_guard<py::gil_scoped_release>(), doc);
 }
 
 }  // namespace

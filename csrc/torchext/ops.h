@@ -21,9 +21,10 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& weight,
 
 // Gradients of linear with respect to (input, weight, bias). Entries whose
 // output_mask is false come back undefined.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(
-    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
-    std::array<bool, 3> output_mask);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward(const at::Tensor& grad_output,
+                                                               const at::Tensor& input,
+                                                               const at::Tensor& weight,
+                                                               std::array<bool, 3> output_mask);
 
 // Hyper-parameters of one SGD step, in torch.optim.SGD's terms.
 struct SGDStepOptions {

@@ -22,8 +22,8 @@ void sgemm_(const char* transa, const char* transb, const int* m, const int* n, 
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
             const float* beta, float* c, const int* ldc) __attribute__((weak));
 void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-            const double* alpha, const double* a, const int* lda, const double* b,
-            const int* ldb, const double* beta, double* c, const int* ldc) __attribute__((weak));
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc) __attribute__((weak));
 }
 
 namespace torchext::train::cpu {
@@ -163,8 +163,7 @@ TORCHEXT_INLINE void bias_activation_rows(T* z, const T* bias, int64_t begin, in
       case Activation::GELU:
         for (int64_t c = 0; c < cols; ++c) outr[c] = gelu(zr[c]);
         break;
-      case Activation::Identity:
-        break;
+      case Activation::Identity: break;
     }
   }
 }
@@ -172,16 +171,15 @@ TORCHEXT_INLINE void bias_activation_rows(T* z, const T* bias, int64_t begin, in
 // Columns [c0, c1) of the activation gradient, over all rows, and their bias-gradient sums.
 template <typename T>
 TORCHEXT_INLINE void activation_backward_cols(T* grad, const T* z, const T* a, int64_t rows,
-                                              int64_t c0, int64_t c1, int64_t cols,
-                                              Activation act, T* bias_grad) {
+                                              int64_t c0, int64_t c1, int64_t cols, Activation act,
+                                              T* bias_grad) {
   if (bias_grad != nullptr) std::fill(bias_grad + c0, bias_grad + c1, T(0));
   for (int64_t r = 0; r < rows; ++r) {
     T* __restrict g = grad + r * cols;
     const T* __restrict zr = z + r * cols;
     const T* __restrict ar = a + r * cols;
     switch (act) {
-      case Activation::Identity:
-        break;
+      case Activation::Identity: break;
       case Activation::ReLU:  // as threshold_backward(grad, output, 0)
         for (int64_t c = c0; c < c1; ++c) g[c] = ar[c] <= T(0) ? T(0) : g[c];
         break;
@@ -205,8 +203,8 @@ TORCHEXT_INLINE void activation_backward_cols(T* grad, const T* z, const T* a, i
 // Σ (out − target)² in double, with grad = norm · (out − target) when asked.
 // Eight independent partial sums let the loop run in vector lanes.
 template <typename T>
-TORCHEXT_INLINE double squared_error(const T* __restrict out, const T* __restrict target,
-                                     int64_t n, T norm, T* __restrict grad) {
+TORCHEXT_INLINE double squared_error(const T* __restrict out, const T* __restrict target, int64_t n,
+                                     T norm, T* __restrict grad) {
   double partial[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -268,9 +266,8 @@ TORCHEXT_AVX2 double squared_error_block_avx2(const T* out, const T* target, int
 template <typename T>
 void bias_activation(T* z, const T* bias, int64_t rows, int64_t cols, Activation act, T* out) {
   const auto block = TORCHEXT_PICK(bias_activation_block);
-  at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
-    block(z, bias, begin, end, cols, act, out);
-  });
+  at::parallel_for(0, rows, row_grain(cols),
+                   [&](int64_t begin, int64_t end) { block(z, bias, begin, end, cols, act, out); });
 }
 
 template <typename T>
@@ -303,15 +300,14 @@ T the_mean(double sum, int64_t n) {
 template <typename T>
 T mse_loss(const T* out, const T* target, int64_t n, T* grad) {
   if (n == 0) return std::numeric_limits<T>::quiet_NaN();  // as torch: mean of nothing
-  const T norm = T(2) / static_cast<T>(n);  // mse_loss_backward's scale
+  const T norm = T(2) / static_cast<T>(n);                 // mse_loss_backward's scale
   const double sum = TORCHEXT_PICK(squared_error_block)(out, target, n, norm, grad);
   return the_mean<T>(sum, n);
 }
 #undef TORCHEXT_PICK
 
 template <typename T>
-T cross_entropy_loss(const T* logits, const int64_t* target, int64_t rows, int64_t cols,
-                     T* grad) {
+T cross_entropy_loss(const T* logits, const int64_t* target, int64_t rows, int64_t cols, T* grad) {
   if (rows == 0) return std::numeric_limits<T>::quiet_NaN();
   const T inv_rows = T(1) / static_cast<T>(rows);
   double sum = 0;
@@ -332,14 +328,13 @@ T cross_entropy_loss(const T* logits, const int64_t* target, int64_t rows, int64
   return the_mean<T>(sum, rows);
 }
 
-#define TORCHEXT_INSTANTIATE(T)                                                                \
-  template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, const T*, int64_t, const T*,    \
-                        int64_t, T*, int64_t);                                                 \
-  template void bias_activation<T>(T*, const T*, int64_t, int64_t, Activation, T*);           \
-  template T mse_loss<T>(const T*, const T*, int64_t, T*);                                     \
-  template T cross_entropy_loss<T>(const T*, const int64_t*, int64_t, int64_t, T*);            \
-  template void activation_backward<T>(T*, const T*, const T*, int64_t, int64_t, Activation,   \
-                                       T*);
+#define TORCHEXT_INSTANTIATE(T)                                                             \
+  template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, const T*, int64_t, const T*, \
+                        int64_t, T*, int64_t);                                              \
+  template void bias_activation<T>(T*, const T*, int64_t, int64_t, Activation, T*);         \
+  template T mse_loss<T>(const T*, const T*, int64_t, T*);                                  \
+  template T cross_entropy_loss<T>(const T*, const int64_t*, int64_t, int64_t, T*);         \
+  template void activation_backward<T>(T*, const T*, const T*, int64_t, int64_t, Activation, T*);
 TORCHEXT_INSTANTIATE(float)
 TORCHEXT_INSTANTIATE(double)
 #undef TORCHEXT_INSTANTIATE

@@ -18,7 +18,7 @@ struct Model {
   Loss loss = Loss::MSE;
   at::ScalarType dtype = at::kFloat;
   at::Device device = at::kCPU;
-  std::vector<at::Tensor> params;  // W0, b0, W1, b1, ... (absent biases skipped)
+  std::vector<at::Tensor> params;                    // W0, b0, W1, b1, ... (absent biases skipped)
   std::vector<c10::SmallVector<int64_t, 2>> shapes;  // per param, as validated
   std::vector<int64_t> weight_param;                 // per layer: index into params
   std::vector<int64_t> bias_param;                   // per layer: index into params, or -1

@@ -78,8 +78,7 @@ void forward_backward_aten(const Model& model, Workspace& ws, const at::Tensor& 
     at::nll_loss_forward_out(ws.loss, ws.total_weight, log_probs, y, {}, mean, -100);
     if (backward) {
       at::Tensor nll_grad = rows_of(ws.nll_grad, rows);
-      at::nll_loss_backward_out(nll_grad, ws.one, log_probs, y, {}, mean, -100,
-                                ws.total_weight);
+      at::nll_loss_backward_out(nll_grad, ws.one, log_probs, y, {}, mean, -100, ws.total_weight);
       at::_log_softmax_backward_data_out(grad_out, nll_grad, log_probs, 1, model.dtype);
     }
   }

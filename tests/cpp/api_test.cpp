@@ -96,8 +96,8 @@ TEST_CASE(mlp_names_and_init_match_python_sequential) {
   EXPECT(close(ours->forward(x), theirs->forward(x), 1e-5, 1e-6));
 
   torchext::nn::MLP linear_only(torchext::nn::MLPOptions({4, 3, 2}).activation("identity"));
-  EXPECT((keys(*linear_only) ==
-          std::vector<std::string>{"0.weight", "0.bias", "1.weight", "1.bias"}));
+  EXPECT(
+      (keys(*linear_only) == std::vector<std::string>{"0.weight", "0.bias", "1.weight", "1.bias"}));
 }
 
 // ---------------------------------------------------------------------------
@@ -108,7 +108,7 @@ TEST_CASE(sgd_matches_torch_sgd_for_every_option) {
     double momentum, dampening, weight_decay;
     bool nesterov, maximize;
   };
-  const std::vector<Config> configs = {{0, 0, 0, false, false},   {0.9, 0, 0, false, false},
+  const std::vector<Config> configs = {{0, 0, 0, false, false},        {0.9, 0, 0, false, false},
                                        {0.9, 0.1, 1e-2, false, false}, {0.9, 0, 1e-2, true, false},
                                        {0.5, 0.2, 1e-3, false, true},  {0, 0, 1e-2, false, true}};
   for (const auto& c : configs) {
@@ -159,9 +159,8 @@ TEST_CASE(sgd_param_groups_skip_missing_grads_and_closure) {
   auto b = torch::ones({2}, torch::kDouble).requires_grad_();
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(std::vector<torch::Tensor>{a});
-  groups.emplace_back(std::vector<torch::Tensor>{b},
-                      std::make_unique<torchext::optim::SGDOptions>(
-                          torchext::optim::SGDOptions(0.5)));
+  groups.emplace_back(std::vector<torch::Tensor>{b}, std::make_unique<torchext::optim::SGDOptions>(
+                                                         torchext::optim::SGDOptions(0.5)));
   torchext::optim::SGD opt(groups, torchext::optim::SGDOptions(0.1));
   auto loss = opt.step([&] {
     opt.zero_grad();
@@ -171,7 +170,7 @@ TEST_CASE(sgd_param_groups_skip_missing_grads_and_closure) {
   });
   EXPECT(loss.item<double>() == 3.0);
   EXPECT(torch::allclose(a, torch::full({3}, 0.8, torch::kDouble)));  // 1 - 0.1 * 2
-  EXPECT(torch::equal(b, torch::ones({2}, torch::kDouble)));        // no gradient: untouched
+  EXPECT(torch::equal(b, torch::ones({2}, torch::kDouble)));          // no gradient: untouched
 }
 
 TEST_CASE(step_lr_scheduler_drives_lr) {
@@ -208,8 +207,8 @@ TEST_CASE(sgd_serializes_like_libtorch_optimizers) {
   auto q = p.detach().clone().requires_grad_();
   torchext::optim::SGD restored({q}, torchext::optim::SGDOptions(1.0));
   torch::load(restored, stream);
-  const auto& options = static_cast<torchext::optim::SGDOptions&>(
-      restored.param_groups()[0].options());
+  const auto& options =
+      static_cast<torchext::optim::SGDOptions&>(restored.param_groups()[0].options());
   EXPECT(options.lr() == 0.1 && options.momentum() == 0.9 && options.maximize());
   EXPECT(torch::equal(restored.momentum_buffer(q), opt.momentum_buffer(p)));
 }
@@ -228,8 +227,7 @@ TEST_CASE(trainer_matches_hand_written_libtorch_loop) {
     auto options = torchext::optim::SGDOptions(1e-2).momentum(0.9).weight_decay(1e-4);
     auto optimizer = std::make_shared<torchext::optim::SGD>(model->parameters(), options);
     torch::optim::SGD reference_opt(
-        reference->parameters(),
-        torch::optim::SGDOptions(1e-2).momentum(0.9).weight_decay(1e-4));
+        reference->parameters(), torch::optim::SGDOptions(1e-2).momentum(0.9).weight_decay(1e-4));
     torchext::Trainer trainer(model, optimizer, loss_name);
     auto x = torch::randn({10, 128, 20}, torch::kDouble);
     auto y = loss_name == "mse" ? torch::randn({10, 128, 40}, torch::kDouble)

@@ -17,8 +17,7 @@
 
 int main(int argc, char** argv) {
   if (argc != 5) {
-    std::fprintf(stderr, "usage: %s <data.pt> <checkpoint_in> <steps> <checkpoint_out>\n",
-                 argv[0]);
+    std::fprintf(stderr, "usage: %s <data.pt> <checkpoint_in> <steps> <checkpoint_out>\n", argv[0]);
     return 2;
   }
   try {
@@ -34,7 +33,7 @@ int main(int argc, char** argv) {
     model->to(x.scalar_type());
     // The learning rate is a placeholder: the checkpoint's param group replaces it.
     auto optimizer = std::make_shared<torchext::optim::SGD>(model->parameters(),
-                                                             torchext::optim::SGDOptions(0.0));
+                                                            torchext::optim::SGDOptions(0.0));
     torchext::Trainer trainer(model, optimizer, data.at("loss").toStringRef());
     trainer.load(argv[2]);
     const int64_t steps = std::stoll(argv[3]);

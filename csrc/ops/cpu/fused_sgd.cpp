@@ -145,15 +145,14 @@ void portable_reduced_span(void* p, void* g, void* b, int64_t n, bool first_step
 
 #if TORCHEXT_SGD_AVX2
 template <typename scalar_t>
-void avx2_span(void* p, void* g, void* b, int64_t n, bool first_step, bool,
-               const CallArgs& args) {
+void avx2_span(void* p, void* g, void* b, int64_t n, bool first_step, bool, const CallArgs& args) {
   fused_sgd::sgd_span_avx2(static_cast<scalar_t*>(p), static_cast<scalar_t*>(g),
                            static_cast<scalar_t*>(b), n, first_step, args.step);
 }
 
 template <fused_sgd::Reduced dtype>
-void avx2_reduced_span(void* p, void* g, void* b, int64_t n, bool first_step,
-                       bool vector_semantics, const CallArgs& args) {
+void avx2_reduced_span(void* p, void* g, void* b, int64_t n, bool first_step, bool vector_semantics,
+                       const CallArgs& args) {
   fused_sgd::sgd_span_avx2(dtype, static_cast<uint16_t*>(p), static_cast<uint16_t*>(g),
                            static_cast<uint16_t*>(b), n, first_step, vector_semantics,
                            dtype == fused_sgd::Reduced::kHalf ? args.half : args.bfloat16);
@@ -258,8 +257,13 @@ void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
     if (n == 0) continue;
     const at::Tensor& g = grads[i];
     at::Tensor b = has_buf ? momentum_buffers[i] : at::Tensor();
-    Work w{nullptr, nullptr, nullptr, n, static_cast<int64_t>(p.element_size()),
-           has_buf && is_first_step.get(i), span_function(p.scalar_type())};
+    Work w{nullptr,
+           nullptr,
+           nullptr,
+           n,
+           static_cast<int64_t>(p.element_size()),
+           has_buf && is_first_step.get(i),
+           span_function(p.scalar_type())};
     if (p.is_non_overlapping_and_dense() && same_dense_layout(p, g) && same_dense_layout(p, b)) {
       w.p = static_cast<char*>(p.data_ptr());
       w.g = static_cast<char*>(g.data_ptr());

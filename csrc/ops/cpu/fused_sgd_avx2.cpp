@@ -84,9 +84,9 @@ TORCHEXT_AVX2_FMA void span(typename A::T* p, typename A::T* g, typename A::T* b
   using T = typename A::T;
   constexpr int64_t W = A::kWidth;
   const Coeffs<T> c = args.coeffs<T>();
-  const Broadcast<A> k{A::set1(c.neg_lr),       A::set1(c.momentum),
-                       A::set1(c.one_minus_dampening), A::set1(c.weight_decay),
-                       A::set1(c.inv_scale),    A::set1(T(-1))};
+  const Broadcast<A> k{
+      A::set1(c.neg_lr),       A::set1(c.momentum),  A::set1(c.one_minus_dampening),
+      A::set1(c.weight_decay), A::set1(c.inv_scale), A::set1(T(-1))};
   int64_t i = 0;
   for (; i + W <= n; i += W) {
     step_vector<A>(p + i, g + i, b != nullptr ? b + i : nullptr, first_step, c, k);
@@ -108,8 +108,7 @@ TORCHEXT_AVX2_FMA void span(typename A::T* p, typename A::T* g, typename A::T* b
 // Plain (not target-attributed) entry points: with GCC, a declaration and a
 // definition with different target attributes would be two versions of the
 // function, so the attribute stays on the internal templates.
-void sgd_span_avx2(float* p, float* g, float* b, int64_t n, bool first_step,
-                   const StepArgs& args) {
+void sgd_span_avx2(float* p, float* g, float* b, int64_t n, bool first_step, const StepArgs& args) {
   span<Float8>(p, g, b, n, first_step, args);
 }
 

@@ -37,11 +37,16 @@ struct StepArgs {
 
   template <typename T>
   Coeffs<T> coeffs() const {
-    return {static_cast<T>(-lr),           static_cast<T>(momentum),
-            static_cast<T>(1 - dampening), static_cast<T>(weight_decay),
-            static_cast<T>(inv_scale),     momentum != 0,
-            nesterov,                      maximize,
-            has_scale,                     weight_decay != 0};
+    return {static_cast<T>(-lr),
+            static_cast<T>(momentum),
+            static_cast<T>(1 - dampening),
+            static_cast<T>(weight_decay),
+            static_cast<T>(inv_scale),
+            momentum != 0,
+            nesterov,
+            maximize,
+            has_scale,
+            weight_decay != 0};
   }
 };
 
@@ -78,15 +83,14 @@ enum class Reduced { kHalf, kBFloat16 };
 // Steps n consecutive elements with AVX2+FMA: the contract of sgd_span in
 // fused_sgd.cpp (b is null without momentum; g is written only with
 // grad_scale). Call only on a CPU with AVX2 and FMA.
-void sgd_span_avx2(float* p, float* g, float* b, int64_t n, bool first_step,
-                   const StepArgs& args);
+void sgd_span_avx2(float* p, float* g, float* b, int64_t n, bool first_step, const StepArgs& args);
 void sgd_span_avx2(double* p, double* g, double* b, int64_t n, bool first_step,
                    const StepArgs& args);
 // The same for float16/bfloat16 elements (raw 16-bit storage), with the
 // rounding of torch's "vector" (vector_semantics) or "scalar" elements. Needs
 // F16C as well for float16, which every AVX2 CPU has.
-void sgd_span_avx2(Reduced dtype, uint16_t* p, uint16_t* g, uint16_t* b, int64_t n,
-                   bool first_step, bool vector_semantics, const ReducedCoeffs& c);
+void sgd_span_avx2(Reduced dtype, uint16_t* p, uint16_t* g, uint16_t* b, int64_t n, bool first_step,
+                   bool vector_semantics, const ReducedCoeffs& c);
 #endif
 
 }  // namespace torchext::fused_sgd

@@ -22,7 +22,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
                       const c10::optional<at::Tensor>& bias) {
   check_linear_args(input, weight, bias);
   const at::Tensor x = flatten_to_2d(input.dim() == 1 ? input.unsqueeze(0) : input);  // [B, I]
-  at::Tensor out = at::empty({x.size(0), weight.size(0)}, input.options());            // [B, O]
+  at::Tensor out = at::empty({x.size(0), weight.size(0)}, input.options());           // [B, O]
   if (bias.has_value() && bias->defined()) {
     at::cpu::addmm_out(out, *bias, x, weight.t());
   } else {
@@ -38,13 +38,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   const int64_t out_features = weight.size(0);
   // 2-D tensors are used as they are: a view costs a tensor allocation, which
   // shows at small sizes.
-  const at::Tensor go = flatten_to_2d(grad_output.dim() == 1 ? grad_output.unsqueeze(0)
-                                                             : grad_output);  // [B, O]
+  const at::Tensor go =
+      flatten_to_2d(grad_output.dim() == 1 ? grad_output.unsqueeze(0) : grad_output);  // [B, O]
   at::Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[0]) {
     grad_input = at::empty(input.sizes(), input.options());
     at::Tensor grad_input_2d =
-        input.dim() == 2 ? grad_input : grad_input.view({-1, weight.size(1)});
+        input.dim() == 2 ? grad_input : grad_input.view({leading_rows(input), weight.size(1)});
     at::cpu::mm_out(grad_input_2d, go, weight);  // [B, O]·[O, I]
   }
   if (output_mask[1]) {

@@ -28,10 +28,10 @@
 namespace torchext {
 namespace {
 
-constexpr int kBlock = 512;       // threads per block
-constexpr int kILP = 4;           // elements per thread per vector load
-constexpr int64_t kChunk = 65536; // elements per block
-constexpr int kMaxBlocks = 320;   // blocks per launch (bounded by the argument struct)
+constexpr int kBlock = 512;        // threads per block
+constexpr int kILP = 4;            // elements per thread per vector load
+constexpr int64_t kChunk = 65536;  // elements per block
+constexpr int kMaxBlocks = 320;    // blocks per launch (bounded by the argument struct)
 
 // Tensors per launch: what fits, with the block table, in the 4 KB of kernel
 // arguments every supported architecture accepts.
@@ -50,10 +50,10 @@ struct ChunkList {
 
 struct DeviceArgs {
   double lr, momentum, dampening, weight_decay;
-  const float* lr_f32;     // tensor lr on the device, float32 ...
-  const double* lr_f64;    // ... or float64; both null: use `lr`
-  const float* grad_scale; // null: gradients are not scaled
-  const float* found_inf;  // null: always step
+  const float* lr_f32;      // tensor lr on the device, float32 ...
+  const double* lr_f64;     // ... or float64; both null: use `lr`
+  const float* grad_scale;  // null: gradients are not scaled
+  const float* found_inf;   // null: always step
   bool nesterov, maximize;
 };
 
@@ -87,8 +87,8 @@ __device__ __forceinline__ opmath_t rounded(opmath_t x) {
 //   d = nesterov ? d + momentum·buf : buf
 //   p = p + (-lr)·d
 template <typename scalar_t, typename opmath_t>
-__device__ __forceinline__ void sgd_update(opmath_t& p, opmath_t& g, opmath_t& buf,
-                                           bool first_step, const Coeffs<opmath_t>& c) {
+__device__ __forceinline__ void sgd_update(opmath_t& p, opmath_t& g, opmath_t& buf, bool first_step,
+                                           const Coeffs<opmath_t>& c) {
   if (c.has_scale) g = rounded<scalar_t>(mul(g, c.inv_scale));
   opmath_t d = c.maximize ? -g : g;
   if (c.has_weight_decay) d = rounded<scalar_t>(fused(c.weight_decay, p, d));
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(kBlock)
   }
   const bool load_buf = b != nullptr && !first_step;
 
-  const double lr = a.lr_f32 != nullptr ? static_cast<double>(*a.lr_f32)
+  const double lr = a.lr_f32 != nullptr   ? static_cast<double>(*a.lr_f32)
                     : a.lr_f64 != nullptr ? *a.lr_f64
                                           : a.lr;
   Coeffs<opmath_t> c;
@@ -145,9 +145,10 @@ __global__ void __launch_bounds__(kBlock)
   c.weight_decay = static_cast<opmath_t>(a.weight_decay);
   c.has_scale = a.grad_scale != nullptr;
   // GradScaler's inverse scale: the reciprocal in float64, rounded to float32.
-  c.inv_scale = c.has_scale
-                    ? static_cast<opmath_t>(static_cast<float>(1.0 / static_cast<double>(*a.grad_scale)))
-                    : opmath_t(1);
+  c.inv_scale =
+      c.has_scale
+          ? static_cast<opmath_t>(static_cast<float>(1.0 / static_cast<double>(*a.grad_scale)))
+          : opmath_t(1);
   c.has_buf = kDepth == 3;
   c.nesterov = a.nesterov;
   c.maximize = a.maximize;
@@ -244,8 +245,8 @@ void fused_sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
 
-  DeviceArgs args{lr,      momentum, dampening, weight_decay, nullptr, nullptr,
-                  nullptr, nullptr,  nesterov,  maximize};
+  DeviceArgs args{lr,      momentum, dampening, weight_decay, nullptr,
+                  nullptr, nullptr,  nullptr,   nesterov,     maximize};
   if (lr_tensor != nullptr) {
     if (lr_tensor->is_cpu()) {
       args.lr = lr_tensor->item<double>();  // host memory: no device synchronisation

@@ -25,11 +25,11 @@ namespace {
 
 using namespace linear_detail;
 
-#define TORCHEXT_CUBLASLT_CHECK(expr)                                                          \
-  do {                                                                                         \
-    cublasStatus_t status = (expr);                                                            \
-    TORCH_CHECK(status == CUBLAS_STATUS_SUCCESS, "torchext.linear_backward: ", #expr,          \
-                " failed with cuBLAS status ", static_cast<int>(status));                      \
+#define TORCHEXT_CUBLASLT_CHECK(expr)                                                 \
+  do {                                                                                \
+    cublasStatus_t status = (expr);                                                   \
+    TORCH_CHECK(status == CUBLAS_STATUS_SUCCESS, "torchext.linear_backward: ", #expr, \
+                " failed with cuBLAS status ", static_cast<int>(status));             \
   } while (0)
 
 // Owning handles for cuBLASLt descriptors.
@@ -40,9 +40,7 @@ struct LayoutDeleter {
   void operator()(cublasLtMatrixLayoutOpaque_t* d) const { cublasLtMatrixLayoutDestroy(d); }
 };
 struct PreferenceDeleter {
-  void operator()(cublasLtMatmulPreferenceOpaque_t* d) const {
-    cublasLtMatmulPreferenceDestroy(d);
-  }
+  void operator()(cublasLtMatmulPreferenceOpaque_t* d) const { cublasLtMatmulPreferenceDestroy(d); }
 };
 using MatmulDesc = std::unique_ptr<cublasLtMatmulDescOpaque_t, MatmulDescDeleter>;
 using Layout = std::unique_ptr<cublasLtMatrixLayoutOpaque_t, LayoutDeleter>;
@@ -63,9 +61,7 @@ bool lt_data_type(at::ScalarType dtype, cudaDataType_t* type) {
   }
 }
 
-bool aligned16(const at::Tensor& t) {
-  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-}
+bool aligned16(const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
 // grad_weight [O, I] = goᵀ · x and grad_bias [O] = Σ_B go, in one cuBLASLt call.
 //   go [B, O] and x [B, I], both row-major contiguous.
@@ -93,26 +89,26 @@ bool weight_and_bias_grad_lt(const at::Tensor& go, const at::Tensor& x, at::Tens
   const cublasOperation_t trans_a = CUBLAS_OP_N, trans_b = CUBLAS_OP_T;
   const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BGRADB;
   void* bias_ptr = grad_bias.data_ptr();
-  TORCHEXT_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(
-      desc.get(), CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
-  TORCHEXT_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(
-      desc.get(), CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
-  TORCHEXT_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(
-      desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+  TORCHEXT_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSA,
+                                                         &trans_a, sizeof(trans_a)));
+  TORCHEXT_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(desc.get(), CUBLASLT_MATMUL_DESC_TRANSB,
+                                                         &trans_b, sizeof(trans_b)));
+  TORCHEXT_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(desc.get(), CUBLASLT_MATMUL_DESC_EPILOGUE,
+                                                         &epilogue, sizeof(epilogue)));
   TORCHEXT_CUBLASLT_CHECK(cublasLtMatmulDescSetAttribute(
       desc.get(), CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr, sizeof(bias_ptr)));
 
-  Layout a = make_layout(type, in_features, batch, in_features);   // x_cm   [I, B]
-  Layout b = make_layout(type, out_features, batch, out_features); // go_cm  [O, B]
+  Layout a = make_layout(type, in_features, batch, in_features);         // x_cm   [I, B]
+  Layout b = make_layout(type, out_features, batch, out_features);       // go_cm  [O, B]
   Layout d = make_layout(type, in_features, out_features, in_features);  // gWᵀ [I, O]
 
   constexpr size_t kWorkspaceBytes = size_t{32} << 20;
   cublasLtMatmulPreference_t raw_pref = nullptr;
   TORCHEXT_CUBLASLT_CHECK(cublasLtMatmulPreferenceCreate(&raw_pref));
   Preference pref(raw_pref);
-  TORCHEXT_CUBLASLT_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWorkspaceBytes,
-      sizeof(kWorkspaceBytes)));
+  TORCHEXT_CUBLASLT_CHECK(
+      cublasLtMatmulPreferenceSetAttribute(pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                           &kWorkspaceBytes, sizeof(kWorkspaceBytes)));
 
   cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
   cublasLtMatmulHeuristicResult_t heuristic = {};
@@ -138,7 +134,7 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight,
   check_linear_args(input, weight, bias);
   const c10::cuda::CUDAGuard device_guard(input.device());
   const at::Tensor x = flatten_to_2d(input.dim() == 1 ? input.unsqueeze(0) : input);  // [B, I]
-  at::Tensor out = at::empty({x.size(0), weight.size(0)}, input.options());            // [B, O]
+  at::Tensor out = at::empty({x.size(0), weight.size(0)}, input.options());           // [B, O]
   if (bias.has_value() && bias->defined()) {
     at::cuda::addmm_out(out, *bias, x, weight.t());
   } else {
@@ -153,18 +149,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
   check_linear_backward_args(grad_output, input, weight);
   const c10::cuda::CUDAGuard device_guard(input.device());
   const int64_t out_features = weight.size(0), in_features = weight.size(1);
-  const at::Tensor go = grad_output.reshape({-1, out_features});  // [B, O]
+  const at::Tensor go = grad_output.reshape({leading_rows(input), out_features});  // [B, O]
   at::Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[0]) {
     grad_input = at::empty(input.sizes(), input.options());
-    at::Tensor grad_input_2d = grad_input.view({-1, in_features});
+    at::Tensor grad_input_2d = grad_input.view({leading_rows(input), in_features});
     at::cuda::mm_out(grad_input_2d, go, weight);  // [B, O]·[O, I]
   }
   if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
   if (output_mask[2]) grad_bias = at::empty({out_features}, grad_output.options());
 
   bool fused = false;
-  const at::Tensor x = input.reshape({-1, in_features});  // [B, I]
+  const at::Tensor x = input.reshape({leading_rows(input), in_features});  // [B, I]
   if (output_mask[1] && output_mask[2]) {
     fused = weight_and_bias_grad_lt(go.contiguous(), x.contiguous(), grad_weight, grad_bias);
   }
