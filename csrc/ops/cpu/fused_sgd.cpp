@@ -25,6 +25,7 @@
 #include "../fused_sgd_checks.h"
 #include "fused_sgd_kernel.h"
 #include "fused_sgd_reduced.h"
+#include "run_in_parallel.h"
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -35,9 +36,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
-#include <memory>
-#include <thread>
 #include <vector>
 
 namespace torchext {
@@ -191,32 +189,6 @@ SpanFn span_function(at::ScalarType dtype) {
     case at::kBFloat16: return &portable_reduced_span<at::kBFloat16>;
     default: TORCH_CHECK(false, "torchext.fused_sgd_: unsupported dtype ", dtype);
   }
-}
-
-// Runs item(0 .. items) on the calling thread and at::get_num_threads() - 1
-// helpers. The extension is built without OpenMP flags, so at::parallel_for
-// (inline, OpenMP pragmas) runs serially in this file; at::launch is torch's
-// exported entry into its inter-op thread pool. Items are handed out one at a
-// time from a shared counter, so a helper that starts late (a busy pool or
-// machine) takes fewer of them, and one that starts after the last item was
-// claimed returns without touching the caller's data. The caller waits only
-// for claimed items, so it never waits on a helper that has not started.
-template <typename F>
-void run_in_parallel(int64_t items, const F& item) {
-  struct Counters {
-    std::atomic<int64_t> next{0}, done{0};
-  };
-  auto counters = std::make_shared<Counters>();
-  auto drain = [counters, items, &item] {
-    for (int64_t k = counters->next++; k < items; k = counters->next++) {
-      item(k);
-      counters->done++;
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(at::get_num_threads(), items) - 1;
-  for (int64_t h = 0; h < helpers; ++h) at::launch(drain);
-  drain();
-  while (counters->done.load() < items) std::this_thread::yield();
 }
 
 // One tensor triple as the span functions see it: the tensors' own memory when
