@@ -4,15 +4,20 @@
 
 #include <torchext/trainer_core.h>
 
+#include "train/mixed_step.h"
 #include "train/model.h"
+#include "train/update.h"
 
 #include <atomic>
+#include <memory>
 
 namespace torchext {
 
 struct TrainerCore::Impl {
   train::Model model;
   train::Workspace ws;
+  Precision precision = Precision::Default;
+  std::unique_ptr<train::MixedStep> mixed;  // the step of a mixed precision, else null
   bool reference_kernels = false;
   // Read without the lock by steps() and backend(), so atomic.
   std::atomic<int64_t> steps{0};
@@ -32,6 +37,20 @@ struct TrainerCore::Impl {
   // groups, validated. Raises if no parameter requires grad.
   std::vector<SGDGroup> begin_training(OptimizerLink& optimizer, const char* who);
   void forward_backward(const at::Tensor& x, const at::Tensor& y, bool backward);
+
+  // What the entry points share across the precisions: the workspaces for
+  // batches of up to `rows` rows, the last loss (0-dim), the update of a
+  // training call, applying one step's update (`skip_if`: see Update::apply),
+  // and the forward pass alone.
+  void ensure_workspace(int64_t rows);
+  const at::Tensor& loss() const { return mixed ? mixed->loss() : ws.loss; }
+  train::Update make_update(const std::vector<SGDGroup>& groups) const;
+  void apply_update(train::Update& update, OptimizerLink& optimizer,
+                    const c10::optional<at::Tensor>& skip_if);
+  at::Tensor forward(const at::Tensor& x);
+  // (Re)builds the model over `layers` (which core_problem accepted) and the
+  // step for it.
+  void build(std::vector<DenseLayer> layers, Loss loss);
 };
 
 }  // namespace torchext

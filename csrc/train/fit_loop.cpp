@@ -81,8 +81,8 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
   at::Tensor x_batch = at::empty({batch, x.size(1)}, xc.options());
   at::Tensor y_batch =
       y.dim() == 2 ? at::empty({batch, y.size(1)}, yc.options()) : at::empty({batch}, yc.options());
-  impl.ws.ensure(model, batch);  // and no other size during the call: `update` holds its grads
-  train::Update update(model, impl.ws, groups);
+  impl.ensure_workspace(batch);  // and no other size during the call: `update` holds its grads
+  train::Update update = impl.make_update(groups);
 
   std::vector<double> epoch_losses;
   using Clock = std::chrono::steady_clock;
@@ -97,6 +97,7 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
     if (deferred) {
       device.losses = at::empty({steps_per_epoch}, xc.options());
       device.skip = at::zeros({}, xc.options().dtype(at::kFloat));
+      if (impl.mixed) impl.mixed->begin_epoch(steps_per_epoch);
     }
     const int64_t epoch_start = impl.steps;
     int64_t issued = 0;  // steps run this epoch (on the ATen path: updates applied or skipped)
@@ -115,22 +116,22 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
         }
         impl.forward_backward(xb, yb, /*backward=*/true);
         if (!deferred) {
-          const double value = impl.ws.loss.item<double>();
+          const double value = impl.loss().item<double>();
           if (!std::isfinite(value)) stop_for_loss(who, value, epoch, s);
-          update.apply(optimizer, c10::nullopt);
+          impl.apply_update(update, optimizer, c10::nullopt);
           weighted_sum += value * static_cast<double>(rows);
         } else {
-          device.losses[s].copy_(impl.ws.loss);
-          device.skip.logical_or_(at::isfinite(impl.ws.loss).logical_not_());
+          device.losses[s].copy_(impl.loss());
+          device.skip.logical_or_(at::isfinite(impl.loss()).logical_not_());
           if (update.creates_buffers()) {
             // A created buffer must be written by its update: decide on the host.
             // This is the call's first update (every later one finds its buffers),
             // so no update was skipped before it.
-            const double value = impl.ws.loss.item<double>();
+            const double value = impl.loss().item<double>();
             if (!std::isfinite(value)) stop_for_loss(who, value, epoch, s);
-            update.apply(optimizer, c10::nullopt);
+            impl.apply_update(update, optimizer, c10::nullopt);
           } else {
-            update.apply(optimizer, device.skip);
+            impl.apply_update(update, optimizer, device.skip);
           }
         }
         ++issued;
@@ -147,7 +148,9 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
       if (deferred) {
         // Count only the updates that were applied before the first non-finite loss.
         try {
-          impl.steps = epoch_start + device.read(issued, batch, samples).first;
+          const int64_t applied = device.read(issued, batch, samples).first;
+          impl.steps = epoch_start + applied;
+          if (impl.mixed) impl.mixed->restore_scaler_before(applied);
         } catch (...) {  // the device itself failed: the count stays as issued
         }
       }
@@ -157,6 +160,7 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
       const auto [applied, sum] = device.read(issued, batch, samples);
       impl.steps = epoch_start + applied;
       if (applied < issued) {
+        if (impl.mixed) impl.mixed->restore_scaler_before(applied);
         const double value = device.losses[applied].item<double>();
         TORCH_CHECK(false, who, ": the loss became ", value, " at epoch ", epoch, ", step ",
                     applied,
@@ -186,14 +190,14 @@ double TrainerCore::evaluate(const at::Tensor& x, const at::Tensor& y, int64_t b
   at::NoGradGuard no_grad;
   const int64_t samples = x.size(0);
   const int64_t batch = batch_size > 0 ? std::min(batch_size, samples) : samples;
-  impl.ws.ensure(impl.model, batch);
+  impl.ensure_workspace(batch);
   const at::Tensor xc = x.contiguous(), yc = y.contiguous();
   at::Tensor total = at::zeros({}, xc.options().dtype(at::kDouble));
   for (int64_t start = 0; start < samples; start += batch) {
     const int64_t rows = std::min(batch, samples - start);
     impl.forward_backward(xc.narrow(0, start, rows), yc.narrow(0, start, rows),
                           /*backward=*/false);
-    total.add_(impl.ws.loss, static_cast<double>(rows));
+    total.add_(impl.loss(), static_cast<double>(rows));
     if (interruption_point) interruption_point();
   }
   return total.item<double>() / static_cast<double>(samples);
