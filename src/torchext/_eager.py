@@ -3,7 +3,9 @@
 Used for models and optimizers the C++ core does not run (and when optimizer step hooks are
 registered). It keeps the core's guarantees where Python allows: ``fit`` checks each loss before
 its update, and an optimizer step and the step count it adds are made atomic with respect to
-Ctrl-C (the signal is held back for the few lines between them, then delivered).
+Ctrl-C (the signal is held back for the few lines between them, then delivered). A mixed
+precision runs the forward and the loss under ``torch.autocast`` and, for ``"16-mixed"``, the
+backward and the step through the trainer's ``torch.amp.GradScaler``, as the stock loop does.
 """
 
 import contextlib
@@ -12,6 +14,8 @@ import signal
 import threading
 
 import torch
+
+from ._mixed import autocast
 
 __all__ = ["signals_deferred", "eager_step", "eager_fit", "eager_evaluate"]
 
@@ -35,14 +39,19 @@ def signals_deferred():
 
 def _forward_backward(trainer, x, y):
     trainer.optimizer.zero_grad()
-    loss = trainer.loss_fn(trainer.model(x), y)
-    loss.backward()
+    with autocast(trainer.precision, x.device):
+        loss = trainer.loss_fn(trainer.model(x), y)
+    (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
     return loss.detach()
 
 
 def _update(trainer):
     with signals_deferred():
-        trainer.optimizer.step()
+        if trainer.scaler is not None:
+            trainer.scaler.step(trainer.optimizer)
+            trainer.scaler.update()
+        else:
+            trainer.optimizer.step()
         trainer._count_step()
 
 
@@ -81,7 +90,7 @@ def eager_evaluate(trainer, x, y, batch_size):
     samples = x.shape[0]
     batch = batch_size or samples
     total = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(trainer.precision, x.device):
         for start in range(0, samples, batch):
             xb, yb = x[start:start + batch], y[start:start + batch]
             total += trainer.loss_fn(trainer.model(xb), yb).item() * xb.shape[0]
