@@ -12,8 +12,9 @@ namespace torchext {
 // momentum buffers stored into the optimizer's state.
 class Trainer::OptimizerAdapter final : public OptimizerLink {
  public:
-  OptimizerAdapter(optim::SGD& optimizer, const std::vector<at::Tensor>& params)
-      : optimizer_(optimizer), params_(params) {
+  OptimizerAdapter(optim::SGD& optimizer, const std::vector<at::Tensor>& params,
+                   std::shared_ptr<LossScaler> scaler)
+      : optimizer_(optimizer), params_(params), scaler_(std::move(scaler)) {
     for (size_t i = 0; i < params.size(); ++i) {
       index_[params[i].unsafeGetTensorImpl()] = static_cast<int64_t>(i);
     }
@@ -46,6 +47,12 @@ class Trainer::OptimizerAdapter final : public OptimizerLink {
     return out;
   }
 
+  LossScaler read_loss_scaler() override {
+    if (!scaler_) return OptimizerLink::read_loss_scaler();
+    scaler_->prepare(params_.front().device());
+    return *scaler_;
+  }
+
   void store_new_buffers(const std::vector<NewMomentumBuffer>& buffers) override {
     size_t stored = 0;
     try {
@@ -64,6 +71,7 @@ class Trainer::OptimizerAdapter final : public OptimizerLink {
   optim::SGD& optimizer_;
   const std::vector<at::Tensor>& params_;  // the core's parameters
   std::unordered_map<const void*, int64_t> index_;
+  std::shared_ptr<LossScaler> scaler_;
 };
 
 namespace {
@@ -88,10 +96,14 @@ std::shared_ptr<optim::SGD> borrow(optim::SGD& optimizer) {
 
 }  // namespace
 
-Trainer::Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer, const std::string& loss)
+Trainer::Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer, const std::string& loss,
+                 const std::string& precision, LossScaler scaler)
     : model_(std::move(model)),
       optimizer_(std::move(optimizer)),
-      core_(dense_layers(model_), loss_from_name(loss)) {
+      scaler_(precision_from_name(precision) == Precision::FP16Mixed
+                  ? std::make_shared<LossScaler>(std::move(scaler))
+                  : nullptr),
+      core_(dense_layers(model_), loss_from_name(loss), precision_from_name(precision)) {
   TORCH_CHECK(optimizer_ != nullptr, "torchext::Trainer: the optimizer is null");
   std::unordered_map<const void*, bool> owned;
   for (const auto& group : optimizer_->param_groups()) {
@@ -105,11 +117,20 @@ Trainer::Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer, const std
         "torchext::Trainer: the optimizer does not own the model's parameter '", item.key(),
         "' (it is in none of its param groups)");
   }
-  adapter_ = std::make_unique<OptimizerAdapter>(*optimizer_, core_.parameters());
+  adapter_ = std::make_unique<OptimizerAdapter>(*optimizer_, core_.parameters(), scaler_);
 }
 
-Trainer::Trainer(nn::MLP model, optim::SGD& optimizer, const std::string& loss)
-    : Trainer(std::move(model), borrow(optimizer), loss) {}
+Trainer::Trainer(nn::MLP model, optim::SGD& optimizer, const std::string& loss,
+                 const std::string& precision, LossScaler scaler)
+    : Trainer(std::move(model), borrow(optimizer), loss, precision, std::move(scaler)) {}
+
+LossScaler& Trainer::scaler() {
+  TORCH_CHECK(scaler_ != nullptr,
+              "torchext::Trainer::scaler: only a 16-mixed trainer has a "
+              "loss scaler; this one's precision is '",
+              precision(), "'");
+  return *scaler_;
+}
 
 Trainer::~Trainer() = default;
 // The adapter refers to the optimizer and the core's parameters, which stay where they are.
@@ -170,6 +191,7 @@ c10::IValue Trainer::current_state() const {
   dict.insert("optimizer", optimizer_state_dict(*optimizer_));
   dict.insert("step", core_.steps());
   dict.insert("torchext_version", version());
+  if (scaler_) dict.insert("scaler", loss_scaler_state_dict(*scaler_));
   return dict;
 }
 
@@ -189,8 +211,11 @@ void Trainer::load_state_dict(const c10::IValue& state) {
   // Everything is checked before anything changes: the model state here, the
   // optimizer state inside its load (which checks it all before it applies it).
   check_state_dict(*model_, dict.at("model"));
+  const bool has_scaler = scaler_ && dict.contains("scaler");
+  if (has_scaler) check_loss_scaler_state_dict(dict.at("scaler"), who);
   load_optimizer_state_dict(*optimizer_, dict.at("optimizer"));
   torchext::load_state_dict(*model_, dict.at("model"));
+  if (has_scaler) load_loss_scaler_state_dict(*scaler_, dict.at("scaler"));
   core_.set_steps(step.toInt());
 }
 
