@@ -35,19 +35,31 @@ def _row(cell, names):
         t = cell["times"].get(name)
         values.append("-" if t is None else f"{_time(t['median_s'])} ±{t['spread'] * 50:.0f}%")
     values += [cell["best_stock"].replace("torch ", ""), f"{cell['ratio']:.2f}"]
+    if "ratio_fp32" in cell:
+        values += [cell["best_stock_fp32"].replace("torch ", ""), f"{cell['ratio_fp32']:.2f}"]
     return values
+
+
+def _head(names, rows):
+    head = ["network", "batch", *names, "best stock", "ratio"]
+    if any("ratio_fp32" in cell for cell in rows):
+        head += ["best float32", "ratio fp32"]
+    return head
 
 
 def _header_lines(report):
     m, load = report["machine"], report["load_average"]
     device = m.get("gpu", m["cpu"])
+    precision = report.get("precision")
+    mixed = (f" (torchext with precision={precision!r}; ratio against the stock loops under "
+             "torch.autocast, ratio fp32 against the float32 ones)") if precision else ""
     lines = [
         f"date: {report['date']}   command: {report['command']}",
         (f"machine: {device}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} "
          f"thread{'s' if m['torch_threads'] != 1 else ''}), torchext {m['torchext']}, "
          f"Python {m['python']}"),
         f"load average (1, 5, 15 min): before {load['before']}, after {load['after']}",
-        (f"{report['dtype']} on {report['device']}; each cell: median per call over "
+        (f"{report['dtype']}{mixed} on {report['device']}; each cell: median per call over "
          f"{report['settings']['rounds']} alternating rounds, ± half the spread (max - min) "
          "in % of the median; ratio = best stock / torchext (> 1: torchext faster)"),
     ]
@@ -57,7 +69,7 @@ def _header_lines(report):
 def format_table(report):
     out = list(_header_lines(report))
     for kind, names, rows in _sections(report):
-        head = ["network", "batch", *names, "best stock", "ratio"]
+        head = _head(names, rows)
         body = [_row(cell, names) for cell in rows]
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
         out += ["", TITLES[kind]]
@@ -70,7 +82,7 @@ def format_table(report):
 def format_markdown(report):
     out = [f"- {line}" for line in _header_lines(report)]
     for kind, names, rows in _sections(report):
-        head = ["network", "batch", *names, "best stock", "ratio"]
+        head = _head(names, rows)
         out += ["", f"#### {TITLES[kind]}", "", "| " + " | ".join(head) + " |",
                 "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
         out += ["| " + " | ".join(_row(cell, names)) + " |" for cell in rows]
