@@ -8,6 +8,8 @@
 // (larger ones take the ATen path), so they run on the calling thread.
 #include "train/mixed_kernels.h"
 
+#include "train/cpu_kernels.h"
+
 #include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Half.h>
@@ -15,7 +17,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <limits>
 
 namespace torchext::train::mixed {
 namespace {
@@ -77,16 +78,6 @@ inline float activation_slope_times(Activation act, float g, float z, float a) {
   return g;
 }
 
-// The float32 mean of a sum taken in double (see the_mean in cpu_kernels.cpp):
-// inf where torch's float32 sum would overflow.
-float mean_of(double sum, int64_t n) {
-  if (std::abs(sum) > static_cast<double>(std::numeric_limits<float>::max())) {
-    return sum > 0 ? std::numeric_limits<float>::infinity()
-                   : -std::numeric_limits<float>::infinity();
-  }
-  return static_cast<float>(sum / static_cast<double>(n));
-}
-
 }  // namespace
 
 void round_to(at::ScalarType compute, const float* src, float* dst, int64_t n) {
@@ -137,44 +128,31 @@ void activation_backward(at::ScalarType compute, float* grad, const float* z, co
   });
 }
 
+// The float32 kernels of the default precision (cpu_kernels.h) compute the loss
+// and dL/dout for an incoming gradient of 1; one pass then multiplies the
+// gradient by the actual incoming gradient and rounds it.
+namespace {
+
+void scale_and_round(at::ScalarType compute, float* grad, int64_t n, float incoming) {
+  dispatch(compute, [&](auto r) {
+    for (int64_t i = 0; i < n; ++i) grad[i] = r.round(grad[i] * incoming);
+  });
+}
+
+}  // namespace
+
 float mse_loss(at::ScalarType compute, const float* out, const float* target, int64_t n,
                float incoming, float* grad) {
-  if (n == 0) return std::numeric_limits<float>::quiet_NaN();  // as torch: mean of nothing
-  const float norm = 2.0f / static_cast<float>(n);             // mse_loss_backward's scale
-  double sum = 0;
-  dispatch(compute, [&](auto r) {
-    for (int64_t i = 0; i < n; ++i) {
-      const float diff = out[i] - target[i];
-      sum += static_cast<double>(diff) * static_cast<double>(diff);
-      if (grad != nullptr) grad[i] = r.round(diff * norm * incoming);
-    }
-  });
-  return mean_of(sum, n);
+  const float loss = cpu::mse_loss<float>(out, target, n, grad);
+  if (grad != nullptr) scale_and_round(compute, grad, n, incoming);
+  return loss;
 }
 
 float cross_entropy_loss(at::ScalarType compute, const float* logits, const int64_t* target,
                          int64_t rows, int64_t cols, float incoming, float* grad) {
-  if (rows == 0) return std::numeric_limits<float>::quiet_NaN();
-  // nll_loss_backward's gradient at the target, -incoming / rows, spread by
-  // log_softmax's backward into weight · (softmax - one_hot).
-  const float weight = incoming / static_cast<float>(rows);
-  double sum = 0;
-  dispatch(compute, [&](auto r) {
-    for (int64_t i = 0; i < rows; ++i) {
-      const float* x = logits + i * cols;
-      const float max = *std::max_element(x, x + cols);
-      float exp_sum = 0;
-      for (int64_t c = 0; c < cols; ++c) exp_sum += std::exp(x[c] - max);
-      const float log_sum = std::log(exp_sum);
-      sum -= static_cast<double>(x[target[i]] - max - log_sum);
-      if (grad == nullptr) continue;
-      float* g = grad + i * cols;
-      for (int64_t c = 0; c < cols; ++c) g[c] = std::exp(x[c] - max - log_sum) * weight;
-      g[target[i]] -= weight;
-      for (int64_t c = 0; c < cols; ++c) g[c] = r.round(g[c]);
-    }
-  });
-  return mean_of(sum, rows);
+  const float loss = cpu::cross_entropy_loss<float>(logits, target, rows, cols, grad);
+  if (grad != nullptr) scale_and_round(compute, grad, rows * cols, incoming);
+  return loss;
 }
 
 bool round_and_unscale(at::ScalarType compute, float* g, int64_t n, float inv_scale) {
