@@ -6,6 +6,7 @@
 // are the ones autograd would run for the stock model (addmm, relu/tanh/sigmoid/
 // gelu and their *_backward, mse_loss, log_softmax + nll_loss, mm, sum), so the
 // numbers match the stock loop's. Nothing is allocated beyond ATen's internals.
+#include "train/mixed_relu_cpu.h"
 #include "train/model.h"
 
 namespace torchext::train {
@@ -30,7 +31,14 @@ void activation_backward(Activation act, at::Tensor& grad, const at::Tensor& z,
                          const at::Tensor& a) {
   switch (act) {
     case Activation::Identity: break;
-    case Activation::ReLU: at::threshold_backward_out(grad, grad, a, 0); break;
+    case Activation::ReLU:
+      // The same result, bit for bit, where ATen's kernel is slow (16-bit CPU).
+      if (mixed::relu_backward_applies(grad, a)) {
+        mixed::relu_backward_(grad, a);
+      } else {
+        at::threshold_backward_out(grad, grad, a, 0);
+      }
+      break;
     case Activation::Tanh: at::tanh_backward_out(grad, grad, a); break;
     case Activation::Sigmoid: at::sigmoid_backward_out(grad, grad, a); break;
     case Activation::GELU: at::gelu_backward_out(grad, grad, z); break;
