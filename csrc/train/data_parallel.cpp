@@ -126,10 +126,10 @@ void replicate_from_rank0(const ProcessGroupPtr& group, const std::vector<at::Te
               names.size(), " names");
   const at::Device device = tensors.empty() ? at::Device(at::kCPU) : tensors[0].device();
   std::ostringstream description;
-  description << tensors.size() << " parameters and buffers\n";
+  description << tensors.size() << " tensors\n";
   for (size_t i = 0; i < tensors.size(); ++i) {
-    description << "'" << names[i] << "' " << tensors[i].scalar_type() << " " << tensors[i].sizes()
-                << "\n";
+    description << "'" << names[i] << "' of shape " << tensors[i].sizes() << " and dtype "
+                << c10::getDtypeNames(tensors[i].scalar_type()).first << "\n";
   }
   for (const std::string& fact : facts) description << fact << "\n";
   const auto texts =
@@ -138,10 +138,10 @@ void replicate_from_rank0(const ProcessGroupPtr& group, const std::vector<at::Te
   for (size_t r = 1; r < texts.size(); ++r) {
     const auto lines = lines_of(texts[r]);
     for (size_t i = 0; i < std::max(lines.size(), reference.size()); ++i) {
-      const std::string theirs = i < lines.size() ? "'" + lines[i] + "'" : "nothing";
-      const std::string ours = i < reference.size() ? "'" + reference[i] + "'" : "nothing";
+      const std::string theirs = i < lines.size() ? lines[i] : "nothing more";
+      const std::string ours = i < reference.size() ? reference[i] : "nothing more";
       TORCH_CHECK(theirs == ours, who, ": the model differs between ranks: rank ", r, " has ",
-                  theirs, " where rank 0 has ", ours,
+                  theirs, ", where rank 0 has ", ours,
                   "; every rank must build the same model (the same layers, sizes and dtypes)");
     }
   }
