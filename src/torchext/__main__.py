@@ -13,8 +13,9 @@ parity tolerance (exit status 1 if not). The data is a built-in teacher task (se
 
 Bad arguments, data files and output paths are one line on stderr and exit status 2 (as is a
 diverging loss); Ctrl-C is one line and exit status 130. Under ``torchrun --nproc-per-node N -m
-torchext`` both runs are data-parallel and rank 0 prints the report (``cli_distributed``). The parts: ``cli_args`` (options),
-``cli_check``, ``cli_job`` (the two runs), ``cli_report`` (table and plot), ``cli_data``.
+torchext`` both runs are data-parallel and rank 0 prints the report (``cli_distributed``).
+The parts: ``cli_args`` (options), ``cli_check``, ``cli_job`` (the two runs), ``cli_report``
+(table and plot), ``cli_data``.
 """
 
 import json
