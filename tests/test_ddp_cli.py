@@ -1,12 +1,15 @@
-"""The command line, data-parallel: the main job under torchrun, and the ``ddp`` bench kind.
+"""Data-parallel from the command line: the README's script and the main job under torchrun,
+and the ``ddp`` bench kind.
 
 Both start processes of their own (torchrun's workers; the bench's spawned ranks), each bounded
 by a timeout. No timing is asserted.
 """
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,3 +50,20 @@ def test_ddp_bench_kind_times_one_and_two_processes(capsys):
     table = format_table(report)
     assert "Data-parallel training step" in table and "all-reduce" in table
     assert "| network | batch | processes | all-reduce |" in format_markdown(report)
+
+
+def test_readme_ddp_script_runs_under_torchrun_as_shown(tmp_path):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"<!-- ci: ddp script -->\s*```python\n(.*?)\n```", readme, re.S)
+    assert match, "README.md has no block marked <!-- ci: ddp script -->"
+    (tmp_path / "train.py").write_text(match.group(1) + "\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "train.py"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    epochs = re.findall(r"^epoch (\d): loss ", result.stdout, re.M)
+    assert epochs == ["0", "1", "2"]  # rank 0 alone prints them
+    evaluations = re.findall(r"^rank (\d): evaluation loss (\S+)$", result.stdout, re.M)
+    assert sorted(r for r, _ in evaluations) == ["0", "1"]
+    assert len({loss for _, loss in evaluations}) == 1  # a global mean: the same on both
+    assert torch.load(tmp_path / "checkpoint.pt")["step"] == 3 * 16  # 2048 rows per rank, b128
