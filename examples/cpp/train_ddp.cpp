@@ -76,9 +76,12 @@ int main(int argc, char** argv) {
     auto group = make_gloo_group(make_store(argv[3], rank, size), rank, size);
 
     // The same data on every rank: 1024 samples of y = x·A + noise.
+    // (One draw per statement: the order of the operands of + is unspecified in C++.)
     torch::manual_seed(0);
     const auto x = torch::randn({1024, 20});
-    const auto y = x.matmul(torch::randn({20, 40}) / 4.5) + 0.1 * torch::randn({1024, 40});
+    const auto teacher = torch::randn({20, 40}) / 4.5;
+    const auto noise = torch::randn({1024, 40});
+    const auto y = x.matmul(teacher) + 0.1 * noise;
 
     torch::manual_seed(100 + rank);  // each rank's own weights: the Trainer broadcasts rank 0's
     torchext::nn::MLP model(torchext::nn::MLPOptions({20, 30, 30, 40}).activation("relu"));
