@@ -12,8 +12,9 @@ import pytest
 import torch
 import torch.distributed as dist
 from ddp_support import ranks  # noqa: F401 - the fixture
-from test_ddp_step import DDP, RTOL, SIZES, make_trainer, replica, stock_step
+from test_ddp_step import DDP, RTOL, SIZES, make_trainer, replica
 from torch.utils.data import DistributedSampler
+from trainer_support import stock_step
 
 import torchext
 from torchext.cli_check import max_relative_error

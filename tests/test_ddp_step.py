@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from ddp_support import ranks  # noqa: F401 - the fixture
 from torch import nn
+from trainer_support import stock_step
 
 import torchext
 from torchext.cli_check import max_relative_error
@@ -49,14 +50,6 @@ def batch(step, loss, dtype, rows=None):
     if loss == "mse":
         return x, torch.randn(rows, SIZES[-1], generator=gen, dtype=dtype)
     return x, torch.randint(SIZES[-1], (rows,), generator=gen)
-
-
-def stock_step(model, optimizer, loss_fn, x, y):
-    optimizer.zero_grad()
-    out = loss_fn(model(x), y)
-    out.backward()
-    optimizer.step()
-    return out.detach()
 
 
 def make_trainer(form, model, options, loss):

@@ -333,18 +333,28 @@ class Trainer:
         """
         self._apply_state(lambda: state, "torchext.Trainer.load_state_dict")
 
-    def _apply_state(self, read_state, who):
-        """Loads ``read_state()`` under the lock once every check passed (on every rank)."""
+    def _apply_state(self, read_state, who, misfit=None):
+        """Loads ``read_state()`` under the lock once every check passed (on every rank).
+
+        ``misfit(error)``: the CheckpointError message for a state that does not fit.
+        """
+        def checked():
+            state = read_state()
+            try:
+                return state, checked_state(state, self._module, self.optimizer,
+                                            _is_sgd(self.optimizer))
+            except ValueError as exc:
+                if misfit is None:
+                    raise
+                raise CheckpointError(misfit(exc)) from None
+
         with self._lock.hold("write", who):
             if self._dp is None:
-                state = read_state()
-                step = checked_state(state, self._module, self.optimizer, _is_sgd(self.optimizer))
+                state, step = checked()
             else:
                 failure, step, digest = None, 0, 0
                 try:
-                    state = read_state()
-                    step = checked_state(state, self._module, self.optimizer,
-                                         _is_sgd(self.optimizer))
+                    state, step = checked()
                     digest = int(checksum(state)[len("sha1:"):][:15], 16)
                 except Exception as exc:  # noqa: BLE001 - raised below, after the exchange
                     failure = exc
@@ -388,14 +398,8 @@ class Trainer:
         """
         params = next(iter(self._module.parameters()), None)
         device = params.device if params is not None else "cpu"
-
-        def read_state():
-            state = read_checkpoint(path, device, "torchext.Trainer.load")
-            try:
-                checked_state(state, self._module, self.optimizer, _is_sgd(self.optimizer))
-            except ValueError as exc:
-                raise CheckpointError(f"torchext.Trainer.load: {os.fspath(path)} does not fit "
-                                      f"this Trainer: {exc}") from None
-            return state
-
-        self._apply_state(read_state, "torchext.Trainer.load")
+        self._apply_state(
+            lambda: read_checkpoint(path, device, "torchext.Trainer.load"),
+            "torchext.Trainer.load",
+            lambda exc: f"torchext.Trainer.load: {os.fspath(path)} does not fit this Trainer: "
+                        f"{exc}")
