@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from ddp_support import ranks  # noqa: F401 - the fixture
-from test_ddp_step import DDP, RTOL, SIZES, make_trainer, replica
+from test_ddp_step import DDP, RTOL, SIZES, Scaled, make_trainer, replica
 from torch.utils.data import DistributedSampler
 from trainer_support import stock_step
 
@@ -212,3 +212,34 @@ def test_a_failed_save_on_rank0_raises_on_every_rank(ranks):  # noqa: F811
     error0, error1 = ranks.run(save_failing_on_rank0, ranks.folder)
     assert error0.startswith("CheckpointError") and "directory" in error0, error0
     assert "rank 0 refused" in error1, error1
+
+
+def eager_fit_parity(form):
+    """A model the core does not run: the eager loop's shards, losses and evaluate."""
+    dtype = torch.float64
+    torch.manual_seed(7 + dist.get_rank())
+    model, stock = Scaled(dtype), Scaled(dtype)
+    stock.load_state_dict(model.state_dict())
+    optimizer = torch.optim.SGD(model.parameters(), **OPTIONS)
+    trainer = torchext.Trainer(DDP(model) if form == "ddp" else model, optimizer,
+                               process_group=None if form == "ddp" else dist.group.WORLD)
+    assert trainer.backend == "eager"
+    stock_ddp = DDP(stock)
+    stock_opt = torch.optim.SGD(stock_ddp.parameters(), **OPTIONS)
+    x, y = dataset(23, "mse", dtype)
+    mine = trainer.fit(x, y, epochs=2, batch_size=4, seed=2, progress=False)
+    ref = stock_fit(stock_ddp, stock_opt, trainer.loss_fn, x, y, 2, 4, True, 2, 0)
+    with torch.no_grad():
+        ref_eval = trainer.loss_fn(stock(x), y).item()
+    return mine, ref, trainer.evaluate(x, y, batch_size=5), ref_eval, \
+        max(max_relative_error(p.detach(), q.detach())
+            for p, q in zip(model.parameters(), stock.parameters()))
+
+
+@pytest.mark.parametrize("form", ["ddp", "process_group"])
+def test_eager_fit_and_evaluate_match_stock_ddp(ranks, form):  # noqa: F811
+    results = ranks.run(eager_fit_parity, form)
+    for mine, ref, evaluation, ref_eval, param_error in results:
+        assert max(relative(a, b) for a, b in zip(mine, ref)) <= 1e-10
+        assert relative(evaluation, ref_eval) <= 1e-10 and param_error <= 1e-10
+    assert results[0][0] == results[1][0] and results[0][2] == results[1][2]

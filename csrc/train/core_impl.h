@@ -39,12 +39,12 @@ struct TrainerCore::Impl {
   // After a backward: the step's loss, data-parallel once the gradients are
   // all-reduced (then the mean of the ranks' losses).
   at::Tensor reduce(const char* who) { return reducer ? reducer->all_reduce(ws, who) : ws.loss; }
-  // Runs a call's `checks`. Data-parallel, the ranks then compare their outcome
-  // and `settings` (see data_parallel::agree), so that they start the call
-  // together or all raise; a rank whose own checks failed raises its own error.
   // Data-parallel: sends the stop to the other ranks waiting in a gradient
   // all-reduce, because this rank leaves its call with an error.
   void stop_others(const char* who) noexcept;
+  // Runs a call's `checks`. Data-parallel, the ranks then compare their outcome
+  // and `settings` (see data_parallel::agree), so that they start the call
+  // together or all raise; a rank whose own checks failed raises its own error.
   void start_call(const char* who, const std::function<void()>& checks,
                   const std::vector<std::pair<std::string, int64_t>>& settings);
 };

@@ -95,7 +95,10 @@ TrainerCore::TrainerCore(std::vector<DenseLayer> layers, Loss loss,
   }
   TORCH_CHECK(names.size() == model.params.size(), "torchext.Trainer: ", names.size(),
               " parameter names for ", model.params.size(), " parameters");
-  std::vector<std::string> facts{"loss " + loss_name(model.loss), "device " + model.device.str()};
+  // The device type, not its index: each rank has its own GPU.
+  std::vector<std::string> facts{
+      "loss " + loss_name(model.loss),
+      "device type " + c10::DeviceTypeName(model.device.type(), /*lower_case=*/true)};
   for (size_t l = 0; l < model.layers.size(); ++l) {
     facts.push_back(
         c10::str("layer ", l, " activation ", activation_name(model.layers[l].activation)));
