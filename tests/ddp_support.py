@@ -2,8 +2,9 @@
 
 ``Ranks(world_size)`` starts one process per rank (spawned, one torch thread each), each in the
 same process group (``init_process_group("gloo", init_method="file://...")`` with a short
-timeout), and keeps them for many tests: ``ranks.run(fn, *args)`` calls the module-level
-function ``fn(*args)`` on every rank at once and returns each rank's result, in rank order.
+timeout; ``backend="nccl"``: one GPU per rank), and keeps them for many tests:
+``ranks.run(fn, *args)`` calls the module-level function ``fn(*args)`` on every rank at once and
+returns each rank's result, in rank order.
 
 Nothing can hang a test: every wait for a rank is bounded (``timeout_s``); a rank that does not
 answer in time fails the test, and all the processes are killed (the ``ranks`` fixture starts
@@ -45,11 +46,13 @@ class RankError:
     traceback: str
 
 
-def _worker(rank, world_size, store, pg_timeout_s, tasks, results):
+def _worker(rank, world_size, store, pg_timeout_s, backend, tasks, results):
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank,
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank,
                             world_size=world_size,
                             timeout=datetime.timedelta(seconds=pg_timeout_s))
     while True:
@@ -67,7 +70,8 @@ def _worker(rank, world_size, store, pg_timeout_s, tasks, results):
 class Ranks:
     """``world_size`` processes in one gloo process group, running test functions."""
 
-    def __init__(self, world_size=WORLD_SIZE, pg_timeout_s=PROCESS_GROUP_TIMEOUT_S):
+    def __init__(self, world_size=WORLD_SIZE, pg_timeout_s=PROCESS_GROUP_TIMEOUT_S,
+                 backend="gloo"):
         self.world_size = world_size
         self._folder = tempfile.TemporaryDirectory(prefix="torchext-ddp-")
         context = mp.get_context("spawn")
@@ -76,8 +80,8 @@ class Ranks:
         store = os.path.join(self._folder.name, "store")
         self._processes = [
             context.Process(target=_worker, daemon=True,
-                            args=(r, world_size, store, pg_timeout_s, self._tasks[r],
-                                  self._results))
+                            args=(r, world_size, store, pg_timeout_s, backend,
+                                  self._tasks[r], self._results))
             for r in range(world_size)]
         for p in self._processes:
             p.start()

@@ -10,7 +10,7 @@ in the same processes. After every step the parameters must match the reference 
 import pytest
 import torch
 import torch.distributed as dist
-from ddp_support import ranks  # noqa: F401 - the fixture
+from ddp_support import Ranks, ranks  # noqa: F401 - the fixture
 from torch import nn
 from trainer_support import stock_step
 
@@ -183,3 +183,41 @@ def test_models_the_core_does_not_run_train_as_stock_ddp(ranks, form):  # noqa: 
             torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
     for (p, _), (q, _) in zip(*results):
         assert torch.equal(p, q)
+
+
+def cuda_step_parity(dtype):
+    """step_parity on this rank's GPU, over the group's backend (NCCL)."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    model, stock = replica(dtype)
+    model, stock = model.to(device), stock.to(device)
+    stock_ddp = DDP(stock, device_ids=[device.index])
+    options = OPTIONS["nesterov-decay"]
+    stock_opt = torch.optim.SGD(stock_ddp.parameters(), **options)
+    trainer = torchext.Trainer(model, torchext.optim.SGD(model.parameters(), **options), "mse",
+                               process_group=dist.group.WORLD)
+    assert trainer.backend == "cuda"
+    for step in range(4):
+        x, y = (t.to(device) for t in batch(step, "mse", dtype))
+        trainer.step(x, y)
+        stock_step(stock_ddp, stock_opt, trainer.loss_fn, x, y)
+    x, y = (t.to(device) for t in batch(9, "mse", dtype, rows=40))
+    losses = trainer.fit(x, y, epochs=2, batch_size=6, progress=False)
+    return (max(max_relative_error(p.detach(), q.detach())
+                for p, q in zip(model.parameters(), stock.parameters())),
+            losses, [p.detach().cpu() for p in model.parameters()])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(),
+                    reason="needs CUDA and NCCL")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_step_on_cuda_over_nccl_matches_stock_ddp(dtype):
+    world = Ranks(world_size=min(2, torch.cuda.device_count()), backend="nccl")
+    try:
+        results = world.run(cuda_step_parity, dtype)
+    finally:
+        world.close()
+    for error, losses, _ in results:
+        assert error <= RTOL[dtype] and len(losses) == 2
+    for _, losses, params in results[1:]:
+        assert losses == results[0][1]
+        assert all(torch.equal(p, q) for p, q in zip(params, results[0][2]))
