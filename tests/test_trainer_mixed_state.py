@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from ddp_support import ranks  # noqa: F401 - the fixture
 from torch import nn
 from trainer_support import assert_unchanged, snapshot, stock_mixed_step
 
@@ -295,3 +296,26 @@ def test_input_dtype_is_the_models():
     with pytest.raises(RuntimeError, match="input is BFloat16 but the model is Float"):
         trainer.step(x.bfloat16(), y)
     assert trainer.steps == 0
+
+
+def mixed_data_parallel():
+    """On every rank: a mixed precision with a process group, and with a DDP model."""
+    import torch.distributed as dist
+
+    model = MLP(SEED)
+    messages = []
+    for wrap in (False, True):
+        net = nn.parallel.DistributedDataParallel(model) if wrap else model
+        kwargs = {} if wrap else {"process_group": dist.group.WORLD}
+        try:
+            torchext.Trainer(net, torch.optim.SGD(model.parameters(), lr=0.1), "mse",
+                             precision="bf16-mixed", **kwargs)
+        except ValueError as exc:
+            messages.append(str(exc))
+    return messages
+
+
+def test_data_parallel_mixed_precision_is_refused_on_every_rank(ranks):  # noqa: F811
+    for messages in ranks.run(mixed_data_parallel):
+        assert len(messages) == 2
+        assert all("does not train data-parallel yet" in m for m in messages)

@@ -105,7 +105,8 @@ Mixed make_mixed(uint64_t seed, const std::string& precision, const std::string&
   auto optimizer = std::make_shared<torchext::optim::SGD>(
       model->parameters(),
       torchext::optim::SGDOptions(AutocastLoop::kLr).momentum(AutocastLoop::kMomentum));
-  torchext::Trainer trainer(model, optimizer, "mse", precision, std::move(scaler));
+  torchext::Trainer trainer(model, optimizer,
+                            torchext::TrainerOptions().precision(precision).scaler(scaler));
   return {model, optimizer, std::move(trainer)};
 }
 
@@ -192,9 +193,10 @@ TEST_CASE(mixed_precision_fit_evaluate_and_errors) {
 
   torchext::nn::MLP model(kSeedSizes);
   torchext::optim::SGD optimizer(model->parameters(), torchext::optim::SGDOptions(0.1));
-  EXPECT_ERROR(torchext::Trainer(model, optimizer, "mse", "fp16"),
+  EXPECT_ERROR(torchext::Trainer(model, optimizer, torchext::TrainerOptions().precision("fp16")),
                "unknown precision 'fp16'; expected bf16-mixed or 16-mixed");
   model->to(torch::kDouble);
-  EXPECT_ERROR(torchext::Trainer(model, optimizer, "mse", "bf16-mixed"),
-               "bf16-mixed trains float32 parameters");
+  EXPECT_ERROR(
+      torchext::Trainer(model, optimizer, torchext::TrainerOptions().precision("bf16-mixed")),
+      "bf16-mixed trains float32 parameters");
 }
