@@ -13,18 +13,19 @@
 // Tests and benchmarks may pin another build the CPU has (set_cpu_isa).
 //
 // Threads. Passes split over torch's intra-op threads (at::parallel_for: the
-// OpenMP pool of torch's CPU build, which libtorchext is compiled into, so
-// torch.set_num_threads applies) only when every thread gets at least
-// kMinWorkPerThread units of work: a fork/join costs microseconds, and an
-// oversubscribed machine turns it into milliseconds, so small layers stay on
-// the calling thread and a step never gets slower with more threads. Work is
-// split over independent outputs only (rows, columns, tensors), so results do
-// not depend on the thread count.
+// OpenMP pool of torch's CPU build, which libtorchext is compiled with, so
+// torch.set_num_threads applies, and the threads torch's own ops just used are
+// the ones that pick the work up) only when every thread gets enough work: a
+// fork/join costs microseconds, and an oversubscribed machine turns it into
+// milliseconds, so small layers stay on the calling thread and a step never
+// gets slower with more threads. Work is split over independent outputs only
+// (rows, columns, tensors), so results do not depend on the thread count.
 #pragma once
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
@@ -62,20 +63,42 @@ void reset_cpu_isa();
 // ---------------------------------------------------------------------------
 // Threads.
 
-// Work units (elements touched, or multiply-adds for GEMMs) below which a
-// thread hand-off costs more than it saves.
-constexpr int64_t kMinWorkPerThread = 1 << 16;
+// Work per thread below which a hand-off costs more than it saves (a fork/join
+// of torch's pool is a few microseconds on an idle machine): elements of an
+// elementwise pass, or multiply-adds of a GEMM.
+constexpr int64_t kMinElementsPerThread = int64_t{1} << 15;
+constexpr int64_t kMinMacsPerThread = int64_t{1} << 18;
 
-// at::parallel_for over [begin, end), each index costing `cost` units: split
-// only into pieces of at least kMinWorkPerThread units.
+// How many threads `work` units deserve, given kMin*PerThread as `min_per_thread`.
+inline int64_t threads_for(int64_t work, int64_t min_per_thread) {
+  if (work < 2 * min_per_thread || at::in_parallel_region()) return 1;
+  return std::min<int64_t>(at::get_num_threads(), work / min_per_thread);
+}
+
+// f(b, e) over [begin, end) in at most threads_for(...) contiguous pieces, each
+// index costing `cost` units of `min_per_thread`'s kind.
 template <typename F>
-void parallel_for(int64_t begin, int64_t end, int64_t cost, const F& f) {
-  const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(cost, 1));
-  if (end - begin <= grain || at::get_num_threads() == 1 || at::in_parallel_region()) {
-    if (end > begin) f(begin, end);
+void parallel_for(int64_t begin, int64_t end, int64_t cost, int64_t min_per_thread, const F& f) {
+  const int64_t n = end - begin;
+  if (n <= 0) return;
+  const int64_t tasks = std::min(n, threads_for(n * std::max<int64_t>(cost, 1), min_per_thread));
+  if (tasks < 2) return f(begin, end);
+  at::parallel_for(begin, end, (n + tasks - 1) / tasks, f);
+}
+
+// item(0 .. items) on up to `threads` threads (threads_for), each thread
+// claiming the next unclaimed item: a thread that starts late (a busy machine)
+// takes fewer, and uneven items even out.
+template <typename F>
+void parallel_items(int64_t items, int64_t threads, const F& item) {
+  if (threads < 2 || items < 2) {
+    for (int64_t k = 0; k < items; ++k) item(k);
     return;
   }
-  at::parallel_for(begin, end, grain, f);
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, items), 1, [&](int64_t, int64_t) {
+    for (int64_t k = next++; k < items; k = next++) item(k);
+  });
 }
 
 }  // namespace torchext::cpu

@@ -1,7 +1,7 @@
 // CPU kernel of torchext::fused_sgd_: one read-modify-write pass over each
 // (param, grad, momentum buffer) triple, in place, with no allocation for dense
 // tensors. Small steps run whole tensors on the calling thread; large ones are
-// split into chunks that torch's intra-op threads share.
+// split into chunks that torch's intra-op threads share (csrc/cpu/dispatch.h).
 //
 // The update is csrc/ops/sgd_math.h's (torch.optim.SGD's order of operations),
 // run by the span functions of the build cpu_isa() picks (csrc/cpu/dispatch.h):
@@ -22,9 +22,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
-#include <memory>
-#include <thread>
 #include <vector>
 
 namespace torchext {
@@ -37,8 +34,6 @@ using fused_sgd::StepArgs;
 // Elements per parallel work item: large enough to amortise scheduling, small
 // enough that a few big tensors still split across threads.
 constexpr int64_t kChunk = 32768;
-// Below this many elements in total the step runs on the calling thread.
-constexpr int64_t kParallelMin = 65536;
 
 // The portable arithmetic of float32/float64: a product and a sum, each rounded
 // (the baseline ISA has no fused multiply-add to contract them into).
@@ -140,32 +135,6 @@ SpanFn span_function(Isa isa, at::ScalarType dtype) {
   }
 }
 
-// Runs item(0 .. items) on the calling thread and at::get_num_threads() - 1
-// helpers. The extension is built without OpenMP flags, so at::parallel_for
-// (inline, OpenMP pragmas) runs serially in this file; at::launch is torch's
-// exported entry into its inter-op thread pool. Items are handed out one at a
-// time from a shared counter, so a helper that starts late (a busy pool or
-// machine) takes fewer of them, and one that starts after the last item was
-// claimed returns without touching the caller's data. The caller waits only
-// for claimed items, so it never waits on a helper that has not started.
-template <typename F>
-void run_in_parallel(int64_t items, const F& item) {
-  struct Counters {
-    std::atomic<int64_t> next{0}, done{0};
-  };
-  auto counters = std::make_shared<Counters>();
-  auto drain = [counters, items, &item] {
-    for (int64_t k = counters->next++; k < items; k = counters->next++) {
-      item(k);
-      counters->done++;
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(at::get_num_threads(), items) - 1;
-  for (int64_t h = 0; h < helpers; ++h) at::launch(drain);
-  drain();
-  while (counters->done.load() < items) std::this_thread::yield();
-}
-
 // One tensor triple as the span functions see it: the tensors' own memory when
 // they share one dense layout (elements are data_ptr()[0 .. numel) in storage
 // order), otherwise that of contiguous copies, written back afterwards.
@@ -245,11 +214,11 @@ void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
     w.fn(w.p + offset, w.g + offset, w.b != nullptr ? w.b + offset : nullptr,
          piece.end - piece.begin, w.first_step, piece.vector_semantics, args);
   };
-  if (total < kParallelMin) {
-    for (const Piece& piece : pieces) step(piece);
-  } else {
-    run_in_parallel(static_cast<int64_t>(pieces.size()), [&](int64_t k) { step(pieces[k]); });
-  }
+  // All tensors' pieces in one parallel region, claimed one at a time (see
+  // cpu::parallel_items): one fork/join per call, not one per tensor.
+  cpu::parallel_items(static_cast<int64_t>(pieces.size()),
+                      cpu::threads_for(total, cpu::kMinElementsPerThread),
+                      [&](int64_t k) { step(pieces[k]); });
 
   // Write back what was stepped in a copy.
   size_t t = 0;
