@@ -43,6 +43,13 @@ struct Float {
   TORCHEXT_AVX2_INLINE static V relu_grad(V g, V a) {
     return _mm256_blendv_ps(g, zero(), _mm256_cmp_ps(a, zero(), _CMP_LE_OQ));
   }
+  // The low and high halves of the lanes, as doubles.
+  TORCHEXT_AVX2_INLINE static __m256d widen_low(V a) {
+    return _mm256_cvtps_pd(_mm256_castps256_ps128(a));
+  }
+  TORCHEXT_AVX2_INLINE static __m256d widen_high(V a) {
+    return _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1));
+  }
 };
 
 struct Double {
@@ -68,6 +75,10 @@ struct Double {
   }
   TORCHEXT_AVX2_INLINE static V relu_grad(V g, V a) {
     return _mm256_blendv_pd(g, zero(), _mm256_cmp_pd(a, zero(), _CMP_LE_OQ));
+  }
+  TORCHEXT_AVX2_INLINE static T sum(V a) {
+    const __m128d pair = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(pair, _mm_unpackhi_pd(pair, pair)));
   }
 };
 

@@ -46,6 +46,13 @@ struct Float {
   TORCHEXT_AVX512_INLINE static V relu_grad(V g, V a) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, zero(), _CMP_LE_OQ), g, zero());
   }
+  // The low and high halves of the lanes, as doubles.
+  TORCHEXT_AVX512_INLINE static __m512d widen_low(V a) {
+    return _mm512_cvtps_pd(_mm512_castps512_ps256(a));
+  }
+  TORCHEXT_AVX512_INLINE static __m512d widen_high(V a) {
+    return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+  }
 };
 
 struct Double {
@@ -72,6 +79,7 @@ struct Double {
   TORCHEXT_AVX512_INLINE static V relu_grad(V g, V a) {
     return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, zero(), _CMP_LE_OQ), g, zero());
   }
+  TORCHEXT_AVX512_INLINE static T sum(V a) { return _mm512_reduce_add_pd(a); }
 };
 
 // 16 float16 values, loaded into float lanes and rounded back on store.
