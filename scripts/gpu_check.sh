@@ -61,7 +61,7 @@ print("python", platform.python_version(), sys.executable)
 import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
-for name in ("pytest", "numpy", "setuptools", "ninja", "expecttest"):
+for name in ("pytest", "numpy", "setuptools", "ninja", "expecttest", "hypothesis"):
     print(f"{name}:", "ok" if importlib.util.find_spec(name) else "MISSING")
 EOF
 } 2>&1 | tee "$LOG/env.txt"

@@ -148,7 +148,8 @@ def test_mismatch_gives_exit_status_1(monkeypatch, capsys):
     # A stock loop that skips its updates must be reported as a parity failure.
     import torchext.cli_job as cli
 
-    def frozen(model, optimizer, loss_fn, x, y, epochs, batch_size, generator, progress):
+    def frozen(model, optimizer, loss_fn, x, y, epochs, batch_size, generator, progress,
+               world=None, seed=0):
         return [1.0] * epochs
 
     monkeypatch.setattr(cli, "stock_fit", frozen)

@@ -142,7 +142,9 @@ def test_threads_100000_on_the_command_line_is_a_usage_error(tmp_path):
 
 def test_ctrl_c_during_fit_without_a_callback():
     code = PRELUDE + textwrap.dedent("""
-        import sys
+        import signal, sys
+        # As in an interactive Python, even if this one was started with SIGINT ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         model, trainer = seed_trainer()
         xs, ys = torch.randn(128 * 64, 20), torch.randn(128 * 64, 40)
         print("ready", flush=True)

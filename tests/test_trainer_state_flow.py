@@ -126,6 +126,24 @@ def test_non_finite_loss_in_a_later_epoch(backend):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+# Long enough that only Ctrl-C ends these fits early, short enough that a lost signal fails the
+# test (DID NOT RAISE) instead of hanging the run.
+UNTIL_INTERRUPTED = 10**4
+
+
+@pytest.fixture
+def python_sigint_handler():
+    """SIGINT raising KeyboardInterrupt, as in an interactive Python.
+
+    A Python started with SIGINT ignored (e.g. as a background job of a non-interactive shell)
+    keeps it ignored, and then Ctrl-C cannot reach anything; the tests must not depend on how
+    the test runner was started.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _interrupt_soon(delay):
     pid = os.getpid()
     timer = threading.Timer(delay, lambda: os.kill(pid, signal.SIGINT))
@@ -134,7 +152,7 @@ def _interrupt_soon(delay):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_ctrl_c_stops_fit_after_the_current_step(backend):
+def test_ctrl_c_stops_fit_after_the_current_step(backend, python_sigint_handler):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach Python handlers only on the main thread")
     model, trainer, ref, ref_opt = setup(backend, sizes=[6, 64, 64, 5])
@@ -142,29 +160,29 @@ def test_ctrl_c_stops_fit_after_the_current_step(backend):
     timer = _interrupt_soon(0.3)
     start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(x, y, epochs=10**6, batch_size=16, generator=torch.Generator().manual_seed(2),
-                    progress=False)
+        trainer.fit(x, y, epochs=UNTIL_INTERRUPTED, batch_size=16,
+                    generator=torch.Generator().manual_seed(2), progress=False)
     waited = time.monotonic() - start
     timer.join()
-    assert 0 < trainer.steps < 10**6 * 32 and waited < 30
+    assert 0 < trainer.steps < UNTIL_INTERRUPTED * 32 and waited < 30
     stock_fit_steps(ref, ref_opt, x, y, 16, torch.Generator().manual_seed(2), trainer.steps)
     assert_same_state(model, trainer, ref, ref_opt)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
-def test_ctrl_c_stops_a_long_evaluate():
+def test_ctrl_c_stops_a_long_evaluate(python_sigint_handler):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach Python handlers only on the main thread")
     model, trainer, _, _ = setup(sizes=[6, 256, 256, 5])
     x, y = data(4096, sizes=[6, 256, 256, 5])
     timer = _interrupt_soon(0.2)
     with pytest.raises(KeyboardInterrupt):
-        for _ in range(10**6):
+        for _ in range(UNTIL_INTERRUPTED):
             trainer.evaluate(x, y, batch_size=8)
     timer.join()
 
 
-def test_ctrl_c_in_the_eager_loop_never_splits_an_update():
+def test_ctrl_c_in_the_eager_loop_never_splits_an_update(python_sigint_handler):
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals reach Python handlers only on the main thread")
     torch.manual_seed(0)
@@ -175,8 +193,8 @@ def test_ctrl_c_in_the_eager_loop_never_splits_an_update():
     x, y = data(512)
     timer = _interrupt_soon(0.3)
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(x, y, epochs=10**6, batch_size=16, generator=torch.Generator().manual_seed(2),
-                    progress=False)
+        trainer.fit(x, y, epochs=UNTIL_INTERRUPTED, batch_size=16,
+                    generator=torch.Generator().manual_seed(2), progress=False)
     timer.join()
     ref_opt = torch.optim.SGD(ref.parameters(), **OPTIONS)
     stock_fit_steps(ref, ref_opt, x, y, 16, torch.Generator().manual_seed(2), trainer.steps)

@@ -4,6 +4,7 @@
 #include <torchext/trainer.h>
 #include <torchext/version.h>
 
+#include <functional>
 #include <unordered_map>
 
 namespace torchext {
@@ -81,6 +82,23 @@ std::vector<DenseLayer> dense_layers(const nn::MLP& model) {
   return out;
 }
 
+TrainerCore make_core(const nn::MLP& model, const TrainerOptions& options) {
+  const Loss loss = loss_from_name(options.loss());
+  if (!options.process_group()) return TrainerCore(dense_layers(model), loss);
+  // The core's parameters (W0, b0, W1, ...) named as in the model's state dict.
+  std::unordered_map<const void*, std::string> names;
+  for (const auto& item : model->named_parameters()) {
+    names[item.value().unsafeGetTensorImpl()] = item.key();
+  }
+  DataParallelOptions data_parallel{options.process_group(), {}};
+  for (const DenseLayer& layer : dense_layers(model)) {
+    for (const at::Tensor* t : {&layer.weight, &layer.bias}) {
+      if (t->defined()) data_parallel.parameter_names.push_back(names[t->unsafeGetTensorImpl()]);
+    }
+  }
+  return TrainerCore(dense_layers(model), loss, data_parallel);
+}
+
 // A non-owning shared_ptr (aliasing constructor with an empty owner).
 std::shared_ptr<optim::SGD> borrow(optim::SGD& optimizer) {
   return std::shared_ptr<optim::SGD>(std::shared_ptr<void>(), &optimizer);
@@ -89,9 +107,16 @@ std::shared_ptr<optim::SGD> borrow(optim::SGD& optimizer) {
 }  // namespace
 
 Trainer::Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer, const std::string& loss)
+    : Trainer(std::move(model), std::move(optimizer), TrainerOptions().loss(loss)) {}
+
+Trainer::Trainer(nn::MLP model, optim::SGD& optimizer, const TrainerOptions& options)
+    : Trainer(std::move(model), borrow(optimizer), options) {}
+
+Trainer::Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer,
+                 const TrainerOptions& options)
     : model_(std::move(model)),
       optimizer_(std::move(optimizer)),
-      core_(dense_layers(model_), loss_from_name(loss)) {
+      core_(make_core(model_, options)) {
   TORCH_CHECK(optimizer_ != nullptr, "torchext::Trainer: the optimizer is null");
   std::unordered_map<const void*, bool> owned;
   for (const auto& group : optimizer_->param_groups()) {
@@ -174,38 +199,83 @@ c10::IValue Trainer::current_state() const {
 }
 
 void Trainer::load_state_dict(const c10::IValue& state) {
-  const char* who = "torchext::Trainer::load_state_dict";
+  load_checked([&] { return state; }, "torchext::Trainer::load_state_dict");
+}
+
+void Trainer::load_checked(const std::function<c10::IValue()>& read_state, const char* who) {
   auto hold = core_.lock().acquire(TrainerLock::Access::Write, who);
-  TORCH_CHECK(state.isGenericDict(), who, ": a checkpoint must be a dict, got ", state.tagKind());
-  auto dict = state.toGenericDict();
-  for (const char* key : {"model", "optimizer", "step"}) {
-    TORCH_CHECK(dict.contains(key), who, ": not a torchext.Trainer checkpoint: missing '", key,
-                "'");
+  c10::IValue state;
+  int64_t step = 0;
+  const auto check = [&] {
+    state = read_state();
+    TORCH_CHECK(state.isGenericDict(), who, ": a checkpoint must be a dict, got ", state.tagKind());
+    auto dict = state.toGenericDict();
+    for (const char* key : {"model", "optimizer", "step"}) {
+      TORCH_CHECK(dict.contains(key), who, ": not a torchext.Trainer checkpoint: missing '", key,
+                  "'");
+    }
+    const c10::IValue saved_step = dict.at("step");
+    TORCH_CHECK(saved_step.isInt() && saved_step.toInt() >= 0, who,
+                ": 'step' must be a non-negative integer, got ",
+                saved_step.isInt() ? std::to_string(saved_step.toInt()) : saved_step.tagKind());
+    step = saved_step.toInt();
+    check_state_dict(*model_, dict.at("model"));
+  };
+  const ProcessGroupPtr group = core_.process_group();
+  if (!group) {
+    check();
+  } else {
+    // Every rank checks its state, then all compare: the same step and checksum
+    // everywhere, or every rank raises and none changes.
+    std::exception_ptr failure;
+    int64_t digest = 0;
+    try {
+      check();
+      digest = std::stoll(checkpoint_checksum(state).substr(5, 15), nullptr, 16);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    data_parallel::agree(group, core_.parameters().front().device(), failure == nullptr,
+                         {{"the state's step count", step}, {"the state's checksum", digest}}, who);
+    if (failure) std::rethrow_exception(failure);
   }
-  const c10::IValue step = dict.at("step");
-  TORCH_CHECK(step.isInt() && step.toInt() >= 0, who,
-              ": 'step' must be a non-negative integer, got ",
-              step.isInt() ? std::to_string(step.toInt()) : step.tagKind());
-  // Everything is checked before anything changes: the model state here, the
+  // Everything is checked before anything changes: the model state above, the
   // optimizer state inside its load (which checks it all before it applies it).
-  check_state_dict(*model_, dict.at("model"));
+  auto dict = state.toGenericDict();
   load_optimizer_state_dict(*optimizer_, dict.at("optimizer"));
   torchext::load_state_dict(*model_, dict.at("model"));
-  core_.set_steps(step.toInt());
+  core_.set_steps(step);
 }
 
 void Trainer::save(const std::string& path) const {
   // Held until the file is written: the tensors in the state are the live ones.
-  auto hold = core_.lock().acquire(TrainerLock::Access::Read, "torchext::Trainer::save");
-  c10::IValue state = current_state();
-  state.toGenericDict().insert("checksum", checkpoint_checksum(state));
-  torchext::save(state, path);
+  const char* who = "torchext::Trainer::save";
+  auto hold = core_.lock().acquire(TrainerLock::Access::Read, who);
+  const ProcessGroupPtr group = core_.process_group();
+  std::exception_ptr failure;
+  if (!group || group->getRank() == 0) {  // data-parallel: every rank holds the same state
+    try {
+      c10::IValue state = current_state();
+      state.toGenericDict().insert("checksum", checkpoint_checksum(state));
+      torchext::save(state, path);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }
+  if (group) {  // the others wait for rank 0, and learn whether it wrote the file
+    data_parallel::agree(group, core_.parameters().front().device(), failure == nullptr, {}, who);
+  }
+  if (failure) std::rethrow_exception(failure);
 }
 
 void Trainer::load(const std::string& path) {
-  const c10::IValue state = torchext::load(path);
-  verify_checkpoint_checksum(state, path, "torchext::Trainer::load");
-  load_state_dict(state);
+  load_checked(
+      [&] {
+        c10::IValue state = torchext::load(path);
+        verify_checkpoint_checksum(state, path, "torchext::Trainer::load");
+        return state;
+      },
+      "torchext::Trainer::load");
 }
 
 }  // namespace torchext

@@ -9,6 +9,8 @@
 //    and devices behave the same; torch.compile keeps using torch.ops.
 //  - `TrainerCore` and `TrainerLock`, the training-loop core behind
 //    torchext.Trainer (trainer_binding.cpp).
+//  - `data_parallel`, collectives over a torch.distributed.ProcessGroup
+//    (data_parallel_binding.cpp).
 #include <torchext/ops.h>
 #include <torchext/version.h>
 
@@ -55,4 +57,5 @@ PYBIND11_MODULE(_C, m) {
 
   bind_trainer(m);
   bind_optim(m);
+  bind_data_parallel(m);
 }

@@ -269,8 +269,9 @@ struct PyTrainer {
 PyTrainer* make_trainer(const std::vector<at::Tensor>& weights,
                         const std::vector<c10::optional<at::Tensor>>& biases,
                         const std::vector<std::string>& activations, const std::string& loss,
-                        py::object optimizer, std::vector<py::object> params,
-                        const py::list& watch) {
+                        py::object optimizer, std::vector<py::object> params, const py::list& watch,
+                        const py::object& process_group,
+                        const std::vector<std::string>& parameter_names) {
   TORCH_CHECK(weights.size() == biases.size() && weights.size() == activations.size(),
               "TrainerCore: weights, biases and activations must have one entry per layer");
   std::vector<torchext::DenseLayer> layers;
@@ -278,7 +279,15 @@ PyTrainer* make_trainer(const std::vector<at::Tensor>& weights,
     layers.push_back({weights[l], biases[l].value_or(at::Tensor()),
                       torchext::activation_from_name(activations[l])});
   }
-  torchext::TrainerCore core(std::move(layers), torchext::loss_from_name(loss));
+  const torchext::Loss loss_kind = torchext::loss_from_name(loss);
+  auto build = [&]() {
+    if (process_group.is_none()) return torchext::TrainerCore(std::move(layers), loss_kind);
+    torchext::DataParallelOptions data_parallel{
+        process_group_from(process_group, "torchext.Trainer"), parameter_names};
+    py::gil_scoped_release no_gil;  // a collective: it waits for the other ranks
+    return torchext::TrainerCore(std::move(layers), loss_kind, data_parallel);
+  };
+  torchext::TrainerCore core = build();
   TORCH_CHECK(params.size() == core.parameters().size(),
               "TrainerCore: params must list the core's ", core.parameters().size(), " parameters");
   for (size_t i = 0; i < params.size(); ++i) {
@@ -341,7 +350,11 @@ void bind_trainer(py::module_& m) {
 
   py::class_<PyTrainer>(m, "TrainerCore")
       .def(py::init(&make_trainer), py::arg("weights"), py::arg("biases"), py::arg("activations"),
-           py::arg("loss"), py::arg("optimizer"), py::arg("params"), py::arg("watch"))
+           py::arg("loss"), py::arg("optimizer"), py::arg("params"), py::arg("watch"),
+           py::arg("process_group") = py::none(),
+           py::arg("parameter_names") = std::vector<std::string>())
+      .def_property_readonly("rank", [](const PyTrainer& t) { return t.core.rank(); })
+      .def_property_readonly("world_size", [](const PyTrainer& t) { return t.core.world_size(); })
       .def_property_readonly("backend", [](const PyTrainer& t) { return t.core.backend(); })
       .def_property_readonly("steps", [](const PyTrainer& t) { return t.core.steps(); })
       .def(
@@ -359,10 +372,16 @@ void bind_trainer(py::module_& m) {
       .def("fit",
            [](PyTrainer& t, const at::Tensor& x, const at::Tensor& y, int64_t epochs,
               int64_t batch_size, bool shuffle, c10::optional<at::Generator> generator,
-              const py::object& progress) {
+              const py::object& progress, c10::optional<int64_t> seed, int64_t start_epoch) {
              t.model.check("torchext.Trainer.fit");
-             torchext::FitOptions options{epochs, batch_size, shuffle, generator,
-                                          SigintWatch::check};
+             torchext::FitOptions options;
+             options.epochs = epochs;
+             options.batch_size = batch_size;
+             options.shuffle = shuffle;
+             options.generator = generator;
+             options.seed = seed;
+             options.start_epoch = start_epoch;
+             options.interruption_point = SigintWatch::check;
              torchext::ProgressCallback callback;
              if (!progress.is_none()) {
                callback = [&progress](const torchext::FitProgress& p) {

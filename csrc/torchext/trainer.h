@@ -20,27 +20,48 @@
 // {"model": state dict, "optimizer": torch.optim.SGD state dict, "step": int,
 // "torchext_version": str, "checksum": "sha1:..."}, readable and writable from
 // either language; load verifies the checksum (see torchext/serialize.h).
+//
+// Data-parallel (TrainerOptions::process_group, a c10d::ProcessGroup such as
+// one over c10d::ProcessGroupGloo or ProcessGroupNCCL): each process holds one
+// replica, and the Trainer behaves as the core does (see trainer_core.h): rank
+// 0's parameters at construction, gradients averaged over the ranks at every
+// step, DistributedSampler shards in fit, global means from fit and evaluate.
+// save writes on rank 0 while the others wait; load reads on every rank and
+// applies only when every rank read the same checkpoint. Every call is then a
+// collective that each rank makes.
 #pragma once
 
+#include <torchext/data_parallel.h>
 #include <torchext/nn.h>
 #include <torchext/optim.h>
 #include <torchext/trainer_core.h>
 
 #include <ATen/core/ivalue.h>
+#include <torch/arg.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace torchext {
 
+struct TrainerOptions {
+  // "mse" or "cross_entropy" (class-index targets).
+  TORCH_ARG(std::string, loss) = "mse";
+  // Data-parallel: the process group this replica trains in (null: one process).
+  TORCH_ARG(ProcessGroupPtr, process_group);
+};
+
 class Trainer {
  public:
   // `loss`: "mse" or "cross_entropy" (class-index targets). The optimizer must
   // own every trainable parameter of the model.
   Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer, const std::string& loss = "mse");
+  Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer, const TrainerOptions& options);
   // Uses `optimizer` without owning it: it must outlive the Trainer.
   Trainer(nn::MLP model, optim::SGD& optimizer, const std::string& loss = "mse");
+  Trainer(nn::MLP model, optim::SGD& optimizer, const TrainerOptions& options);
   ~Trainer();
   Trainer(Trainer&&) noexcept;
   Trainer& operator=(Trainer&&) noexcept;
@@ -76,9 +97,15 @@ class Trainer {
   int64_t steps() const { return core_.steps(); }
   // "cpu" (fused C++ kernels) or "cuda".
   std::string backend() const { return core_.backend(); }
+  // Data-parallel: this process's rank and the number of ranks (0 and 1 otherwise).
+  int rank() const { return core_.rank(); }
+  int world_size() const { return core_.world_size(); }
 
  private:
   class OptimizerAdapter;
+  // Checks the state `read_state` gives (data-parallel: on every rank, then all
+  // compare it), then loads it; on any failure nothing changes.
+  void load_checked(const std::function<c10::IValue()>& read_state, const char* who);
   void check_model_unchanged(const char* who) const;
   c10::IValue current_state() const;  // state_dict() without taking the lock
 

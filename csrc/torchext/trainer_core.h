@@ -19,9 +19,19 @@
 // optimizer state and steps() agree with the updates actually applied.
 //
 // Calls on one core are serialised by its TrainerLock (see trainer_lock.h).
+//
+// Data-parallel: built with DataParallelOptions, the core is one replica of the
+// model on one rank of a c10d process group. Construction makes every rank hold
+// rank 0's parameters (after checking that the replicas match); each step
+// all-reduces the gradients (their mean over the ranks, as
+// DistributedDataParallel) before the update, so every rank applies the same
+// update; fit trains each rank on its DistributedSampler shard; evaluate returns
+// the mean over the whole dataset. Every call is then a collective: each rank
+// must make it (see torchext/data_parallel.h for how failures are reported).
 #pragma once
 
 #include <torchext/activation_loss.h>
+#include <torchext/data_parallel.h>
 #include <torchext/ops.h>
 #include <torchext/trainer_lock.h>
 
@@ -78,6 +88,11 @@ struct FitOptions {
   int64_t batch_size = 128;
   bool shuffle = true;
   c10::optional<at::Generator> generator;  // for the shuffling permutation
+  // Instead of `generator` (and always when data-parallel, where it defaults to
+  // 0): each epoch's order is DistributedSampler's with this seed, after
+  // set_epoch(start_epoch + the epoch's index in this call).
+  c10::optional<int64_t> seed;
+  int64_t start_epoch = 0;
   // Called after every step, once its update is applied and counted. Throw from
   // it to stop fit (the Python binding raises KeyboardInterrupt here on Ctrl-C).
   std::function<void()> interruption_point;
@@ -92,9 +107,18 @@ struct FitProgress {
 };
 using ProgressCallback = std::function<void(const FitProgress&)>;
 
+// One replica per rank of `group` (see the top of this file).
+struct DataParallelOptions {
+  ProcessGroupPtr group;
+  // Per parameter (W0, b0, W1, ...), its name in error messages; default "layer 0 weight", ...
+  std::vector<std::string> parameter_names;
+};
+
 class TrainerCore {
  public:
   TrainerCore(std::vector<DenseLayer> layers, Loss loss);
+  // Data-parallel: a collective (every rank builds its replica at once).
+  TrainerCore(std::vector<DenseLayer> layers, Loss loss, const DataParallelOptions& data_parallel);
   ~TrainerCore();
   TrainerCore(TrainerCore&&) noexcept;
   TrainerCore& operator=(TrainerCore&&) noexcept;
@@ -109,6 +133,10 @@ class TrainerCore {
   // For checkpoints; call it while holding lock() for Write (it does not lock).
   void set_steps(int64_t steps);
   TrainerLock& lock() const;
+  // The process group (null unless data-parallel), this rank in it (0), and its size (1).
+  ProcessGroupPtr process_group() const;
+  int rank() const;
+  int world_size() const;
 
   // One training step on the batch (x [B, in], y [B, out] for MSE or [B] class
   // indices for cross-entropy). Returns the loss, a 0-dim tensor on the model's
@@ -119,6 +147,9 @@ class TrainerCore {
 
   // Whole epochs: shuffle (torch.randperm with the generator), slice minibatches
   // (the last may be short), step each. Returns the mean loss of each epoch.
+  // Data-parallel, each rank passes the whole dataset and trains on its shard of
+  // each epoch (see FitOptions::seed); the losses are means over every rank's
+  // samples.
   // A non-finite loss stops training with an error naming epoch and step, and the
   // model keeps the weights from before that step: on the CPU the check runs
   // before each update; on CUDA, without a host synchronisation, once per epoch,
@@ -128,6 +159,8 @@ class TrainerCore {
 
   // Mean loss over the data, in batches (batch_size 0: one batch), without
   // updating anything. `interruption_point` runs after every batch.
+  // Data-parallel, each rank passes the whole dataset and evaluates a
+  // contiguous 1/world_size of it; the result is the mean over all of it.
   double evaluate(const at::Tensor& x, const at::Tensor& y, int64_t batch_size,
                   const std::function<void()>& interruption_point = {});
 

@@ -4,9 +4,12 @@
 
 #include <torchext/trainer_core.h>
 
+#include "train/gradient_reducer.h"
 #include "train/model.h"
 
 #include <atomic>
+#include <functional>
+#include <memory>
 
 namespace torchext {
 
@@ -18,6 +21,7 @@ struct TrainerCore::Impl {
   std::atomic<int64_t> steps{0};
   std::atomic<bool> on_cuda{false};
   mutable TrainerLock lock;
+  std::unique_ptr<train::GradientReducer> reducer;  // data-parallel only
 
   bool use_cpu_kernels() const { return model.device.is_cpu() && !reference_kernels; }
   // The ATen path (CUDA, and the CPU reference) checks fit's losses on the device,
@@ -32,6 +36,17 @@ struct TrainerCore::Impl {
   // groups, validated. Raises if no parameter requires grad.
   std::vector<SGDGroup> begin_training(OptimizerLink& optimizer, const char* who);
   void forward_backward(const at::Tensor& x, const at::Tensor& y, bool backward);
+  // After a backward: the step's loss, data-parallel once the gradients are
+  // all-reduced (then the mean of the ranks' losses).
+  at::Tensor reduce(const char* who) { return reducer ? reducer->all_reduce(ws, who) : ws.loss; }
+  // Data-parallel: sends the stop to the other ranks waiting in a gradient
+  // all-reduce, because this rank leaves its call with an error.
+  void stop_others(const char* who) noexcept;
+  // Runs a call's `checks`. Data-parallel, the ranks then compare their outcome
+  // and `settings` (see data_parallel::agree), so that they start the call
+  // together or all raise; a rank whose own checks failed raises its own error.
+  void start_call(const char* who, const std::function<void()>& checks,
+                  const std::vector<std::pair<std::string, int64_t>>& settings);
 };
 
 }  // namespace torchext

@@ -41,14 +41,19 @@ struct Workspace {
   std::vector<at::Tensor> pre;          // z_l [cap, O_l]: kept apart from out only for GELU
   std::vector<at::Tensor> out;          // a_l [cap, O_l]
   std::vector<at::Tensor> grad;         // dL/da_l, turned into dL/dz_l in place [cap, O_l]
-  std::vector<at::Tensor> param_grads;  // one per Model::params
-  at::Tensor loss;                      // 0-dim, model dtype
-  at::Tensor log_probs;                 // [cap, C] for cross-entropy on the ATen path
-  at::Tensor nll_grad;                  // [cap, C] likewise
-  at::Tensor total_weight;              // 0-dim, nll_loss's bookkeeping
-  at::Tensor one;                       // 0-dim 1.0: the loss's incoming gradient
+  std::vector<at::Tensor> param_grads;  // one per Model::params: views of grad_buffer
+  // Every gradient, flat (params in order), then two slots the data-parallel
+  // all-reduce uses (see gradient_reducer.h): one rank's loss, and a stop flag.
+  at::Tensor grad_buffer;
+  at::Tensor loss;          // 0-dim, model dtype
+  at::Tensor log_probs;     // [cap, C] for cross-entropy on the ATen path
+  at::Tensor nll_grad;      // [cap, C] likewise
+  at::Tensor total_weight;  // 0-dim, nll_loss's bookkeeping
+  at::Tensor one;           // 0-dim 1.0: the loss's incoming gradient
 
   void ensure(const Model& model, int64_t rows);
+  at::Tensor loss_slot() const { return grad_buffer[grad_buffer.size(0) - 2]; }
+  at::Tensor stop_slot() const { return grad_buffer[grad_buffer.size(0) - 1]; }
 };
 
 // Forward (and, with backward, the loss gradient through every layer into

@@ -9,10 +9,37 @@
 #include "train/validation.h"
 
 #include <c10/core/GradMode.h>
+#include <c10/util/StringUtil.h>
 
 namespace torchext {
 
 using train::Model;
+
+void TrainerCore::Impl::start_call(const char* who, const std::function<void()>& checks,
+                                   const std::vector<std::pair<std::string, int64_t>>& settings) {
+  if (!reducer) {
+    checks();
+    return;
+  }
+  std::exception_ptr failure;
+  try {
+    checks();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  data_parallel::agree(reducer->group(), model.device, failure == nullptr, settings, who);
+  if (failure) std::rethrow_exception(failure);
+}
+
+void TrainerCore::Impl::stop_others(const char* who) noexcept {
+  if (!reducer) return;
+  try {
+    ws.ensure(model, std::max<int64_t>(ws.capacity, 1));
+  } catch (...) {
+    return;  // no buffer to send: the others find out through the process group's timeout
+  }
+  reducer->send_stop(ws, who);
+}
 
 void TrainerCore::Impl::refresh(const char* who) {
   if (train::parameters_unchanged(model)) return;
@@ -53,6 +80,33 @@ TrainerCore::TrainerCore(std::vector<DenseLayer> layers, Loss loss)
   impl_->on_cuda = impl_->model.device.is_cuda();
 }
 
+TrainerCore::TrainerCore(std::vector<DenseLayer> layers, Loss loss,
+                         const DataParallelOptions& data_parallel)
+    : TrainerCore(std::move(layers), loss) {
+  const ProcessGroupPtr& group = data_parallel.group;
+  TORCH_CHECK(group, "torchext.Trainer: DataParallelOptions::group is null");
+  const Model& model = impl_->model;
+  std::vector<std::string> names = data_parallel.parameter_names;
+  if (names.empty()) {
+    for (size_t l = 0; l < model.layers.size(); ++l) {
+      names.push_back(c10::str("layer ", l, " weight"));
+      if (model.bias_param[l] >= 0) names.push_back(c10::str("layer ", l, " bias"));
+    }
+  }
+  TORCH_CHECK(names.size() == model.params.size(), "torchext.Trainer: ", names.size(),
+              " parameter names for ", model.params.size(), " parameters");
+  // The device type, not its index: each rank has its own GPU.
+  std::vector<std::string> facts{
+      "loss " + loss_name(model.loss),
+      "device type " + c10::DeviceTypeName(model.device.type(), /*lower_case=*/true)};
+  for (size_t l = 0; l < model.layers.size(); ++l) {
+    facts.push_back(
+        c10::str("layer ", l, " activation ", activation_name(model.layers[l].activation)));
+  }
+  data_parallel::replicate_from_rank0(group, model.params, names, facts, "torchext.Trainer");
+  impl_->reducer = std::make_unique<train::GradientReducer>(group);
+}
+
 TrainerCore::~TrainerCore() = default;
 TrainerCore::TrainerCore(TrainerCore&&) noexcept = default;
 TrainerCore& TrainerCore::operator=(TrainerCore&&) noexcept = default;
@@ -66,6 +120,11 @@ void TrainerCore::set_steps(int64_t steps) {
   impl_->steps = steps;
 }
 TrainerLock& TrainerCore::lock() const { return impl_->lock; }
+ProcessGroupPtr TrainerCore::process_group() const {
+  return impl_->reducer ? impl_->reducer->group() : ProcessGroupPtr();
+}
+int TrainerCore::rank() const { return impl_->reducer ? impl_->reducer->rank() : 0; }
+int TrainerCore::world_size() const { return impl_->reducer ? impl_->reducer->world_size() : 1; }
 
 void TrainerCore::use_reference_kernels(bool enabled) {
   auto hold = impl_->lock.acquire(TrainerLock::Access::Write, "use_reference_kernels");
@@ -76,14 +135,21 @@ at::Tensor TrainerCore::step(const at::Tensor& x, const at::Tensor& y, Optimizer
   constexpr const char* who = "torchext.Trainer.step";
   auto hold = impl_->lock.acquire(TrainerLock::Access::Run, who);
   Impl& impl = *impl_;
-  impl.refresh(who);
-  train::check_batch(impl.model, x, y, who, /*check_target_range=*/impl.model.device.is_cpu());
-  std::vector<SGDGroup> groups = impl.begin_training(optimizer, who);
   at::NoGradGuard no_grad;
-  const at::Tensor xc = x.contiguous(), yc = y.contiguous();
-  impl.ws.ensure(impl.model, xc.size(0));
-  impl.forward_backward(xc, yc, /*backward=*/true);
-  const at::Tensor loss = impl.ws.loss.clone();
+  std::vector<SGDGroup> groups;
+  try {
+    impl.refresh(who);
+    train::check_batch(impl.model, x, y, who, /*check_target_range=*/impl.model.device.is_cpu());
+    groups = impl.begin_training(optimizer, who);
+    const at::Tensor xc = x.contiguous(), yc = y.contiguous();
+    impl.ws.ensure(impl.model, xc.size(0));
+    impl.forward_backward(xc, yc, /*backward=*/true);
+  } catch (...) {
+    impl.stop_others(who);  // data-parallel: the others wait in this step's all-reduce
+    throw;
+  }
+  const at::Tensor loss = impl.ws.loss.clone();  // this rank's, as in a DDP loop
+  impl.reduce(who);
   train::Update(impl.model, impl.ws, groups).apply(optimizer, c10::nullopt);
   ++impl.steps;
   return loss;

@@ -25,8 +25,16 @@ void Workspace::ensure(const Model& model, int64_t rows) {
       pre[l] = at::empty({cap, model.width(l)}, options);
     }
   }
+  int64_t numel = 0;
+  for (const at::Tensor& p : model.params) numel += p.numel();
+  // Zeros: the slots of frozen parameters are all-reduced too, and never read.
+  grad_buffer = at::zeros({numel + 2}, options);
   param_grads.clear();
-  for (const at::Tensor& p : model.params) param_grads.push_back(at::empty_like(p));
+  int64_t offset = 0;
+  for (const at::Tensor& p : model.params) {
+    param_grads.push_back(grad_buffer.narrow(0, offset, p.numel()).view(p.sizes()));
+    offset += p.numel();
+  }
   loss = at::empty({}, options);
   one = at::ones({}, options);
   total_weight = at::empty({}, options);

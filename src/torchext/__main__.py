@@ -12,8 +12,10 @@ parity tolerance (exit status 1 if not). The data is a built-in teacher task (se
     python -m torchext check              build info and Linear parity on the seed shapes
 
 Bad arguments, data files and output paths are one line on stderr and exit status 2 (as is a
-diverging loss); Ctrl-C is one line and exit status 130. The parts: ``cli_args`` (options),
-``cli_check``, ``cli_job`` (the two runs), ``cli_report`` (table and plot), ``cli_data``.
+diverging loss); Ctrl-C is one line and exit status 130. Under ``torchrun --nproc-per-node N -m
+torchext`` both runs are data-parallel and rank 0 prints the report (``cli_distributed``).
+The parts: ``cli_args`` (options), ``cli_check``, ``cli_job`` (the two runs), ``cli_report``
+(table and plot), ``cli_data``.
 """
 
 import json
@@ -24,6 +26,7 @@ import torch
 from .cli_args import PROG, build_parser, check_outputs
 from .cli_check import run_check
 from .cli_data import DataError
+from .cli_distributed import world_from_environment
 from .cli_job import run_job
 from .cli_report import print_report, save_plot
 from .cli_support import check_device, print_error
@@ -43,22 +46,28 @@ def main(argv=None):
         return run_check(args.device, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
+    world = None
     try:
+        world = world_from_environment(args.device, args.timeout)
         check_outputs(args)
-        report = run_job(args)
-        if args.plot:
+        report = run_job(args, world)
+        if args.plot and (world is None or world.rank == 0):
             save_plot(args.plot, report)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except (DataError, ValueError, OSError, MemoryError) as exc:
         return print_error(PROG, exc)
-    except RuntimeError as exc:  # a diverging loss, or data the network cannot take
+    except RuntimeError as exc:  # a diverging loss, data the network cannot take, a lost rank
         return print_error(PROG, exc)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
+    finally:
+        if world is not None:
+            world.close()
+    if world is None or world.rank == 0:  # every rank has the same parity result
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_report(report)
     return 0 if report["parity"]["agree"] else 1
 
 

@@ -4,6 +4,11 @@ Used for models and optimizers the C++ core does not run (and when optimizer ste
 registered). It keeps the core's guarantees where Python allows: ``fit`` checks each loss before
 its update, and an optimizer step and the step count it adds are made atomic with respect to
 Ctrl-C (the signal is held back for the few lines between them, then delivered).
+
+Data-parallel (``trainer._dp``), the step is the stock DDP step (the forward runs the
+DistributedDataParallel module, whose backward all-reduces the gradients), ``fit`` takes
+DistributedSampler's shards and checks the mean loss over the ranks (so all stop at the same
+step), and the losses it returns, like ``evaluate``'s, are means over every rank's samples.
 """
 
 import contextlib
@@ -33,9 +38,13 @@ def signals_deferred():
             previous(signal.SIGINT, caught[-1])
 
 
+def _forward_model(trainer):
+    return trainer.model if trainer._dp is None else trainer._dp.eager_model()
+
+
 def _forward_backward(trainer, x, y):
     trainer.optimizer.zero_grad()
-    loss = trainer.loss_fn(trainer.model(x), y)
+    loss = trainer.loss_fn(_forward_model(trainer)(x), y)
     loss.backward()
     return loss.detach()
 
@@ -53,18 +62,45 @@ def eager_step(trainer, x, y):
     return loss
 
 
-def eager_fit(trainer, x, y, epochs, batch_size, shuffle, generator, callback):
+def _epoch_orders(trainer, samples, shuffle, generator, seed, start_epoch, device):
+    """order_of(epoch): the epoch's sample indices (None: 0, 1, ... in turn)."""
+    dp = trainer._dp
+    if dp is not None or seed is not None:
+        if generator is not None:
+            raise ValueError("torchext.Trainer.fit: data-parallel, each epoch's order is "
+                             "DistributedSampler's; pass seed (and start_epoch), not a generator"
+                             if dp is not None else
+                             "torchext.Trainer.fit: pass either a generator or a seed, not both")
+        if dp is None:
+            if not shuffle:
+                return lambda epoch: None
+            return lambda epoch: torch.randperm(
+                samples, generator=torch.Generator().manual_seed(seed + start_epoch + epoch)
+            ).to(device)
+        return lambda epoch: dp.shard(samples, shuffle, seed or 0, start_epoch + epoch, device)
+    if not shuffle:
+        return lambda epoch: None
+    return lambda epoch: torch.randperm(samples, generator=generator).to(device)
+
+
+def eager_fit(trainer, x, y, epochs, batch_size, shuffle, generator, callback, seed=None,
+              start_epoch=0):
     """``Trainer.fit`` eagerly: each loss is checked before its update."""
-    samples = x.shape[0]
+    dp = trainer._dp
+    order_of = _epoch_orders(trainer, x.shape[0], shuffle, generator, seed, start_epoch, x.device)
+    samples = x.shape[0] if dp is None else dp.samples_per_rank(x.shape[0])
     steps_per_epoch = math.ceil(samples / batch_size)
     losses = []
     for epoch in range(epochs):
-        order = torch.randperm(samples, generator=generator).to(x.device) if shuffle else None
+        order = order_of(epoch)
         total = 0.0
         for step in range(steps_per_epoch):
             rows = slice(step * batch_size, min(samples, (step + 1) * batch_size))
-            index = order[rows] if shuffle else rows
+            index = rows if order is None else order[rows]
             loss = _forward_backward(trainer, x[index], y[index]).item()
+            if dp is not None:  # the mean over the ranks: every rank decides alike
+                loss = dp.all_reduce_sum([loss], "torchext.Trainer.fit",
+                                         "all-reduce of the step's loss")[0] / dp.world_size
             if not math.isfinite(loss):
                 raise RuntimeError(f"torchext.Trainer.fit: the loss became {loss} at epoch "
                                    f"{epoch}, step {step}; training stopped before that step's "
@@ -78,11 +114,15 @@ def eager_fit(trainer, x, y, epochs, batch_size, shuffle, generator, callback):
 
 
 def eager_evaluate(trainer, x, y, batch_size):
-    samples = x.shape[0]
-    batch = batch_size or samples
+    dp = trainer._dp
+    start, stop = (0, x.shape[0]) if dp is None else dp.part(x.shape[0])
+    batch = batch_size or max(stop - start, 1)
     total = 0.0
     with torch.no_grad():
-        for start in range(0, samples, batch):
-            xb, yb = x[start:start + batch], y[start:start + batch]
-            total += trainer.loss_fn(trainer.model(xb), yb).item() * xb.shape[0]
-    return total / samples
+        for begin in range(start, stop, batch):
+            xb, yb = x[begin:min(stop, begin + batch)], y[begin:min(stop, begin + batch)]
+            total += trainer.loss_fn(trainer._module(xb), yb).item() * xb.shape[0]
+    if dp is not None:
+        total = dp.all_reduce_sum([total], "torchext.Trainer.evaluate",
+                                  "all-reduce of the evaluation loss")[0]
+    return total / x.shape[0]

@@ -11,6 +11,10 @@ and batch sizes:
           stock step captured as one CUDA graph; against torchext.Trainer.step
   fit     one epoch of 32 steps on the seed network, at the first batch size: the stock loop
           (foreach and fused SGD) against Trainer.fit
+  ddp     one data-parallel training step on 1 and 2 processes (one thread each, gloo, CPU
+          only), on the seed network and the widest network, at the first batch size per
+          process: stock DistributedDataParallel (foreach and fused SGD) against
+          Trainer(..., process_group=...), with the gradient all-reduce timed on its own
 Timing: a few warm-up calls, then each contender runs blocks of calls sized to a fixed time per
 block; blocks alternate between contenders (the starting contender rotates every round) so that
 drift in machine load hits all alike. A cell reports each contender's median seconds per call,
@@ -48,7 +52,7 @@ from .cli_support import (
     real,
 )
 
-KINDS = ("linear", "sgd", "step", "fit")
+KINDS = ("linear", "sgd", "step", "fit", "ddp")
 SEED_SIZES = [20, 30, 30, 40]
 FIT_STEPS = 32  # steps per timed epoch, so that every batch size is timed over the same count
 # Default matrices: widths of the square networks besides the seed network, and batch sizes.
@@ -249,6 +253,8 @@ def cells(kinds, widths, batches):
     networks = [SEED_SIZES] + [[w] * 4 for w in widths]
     out = []
     for kind in kinds:
+        if kind == "ddp":
+            continue  # run by bench_ddp, in processes of its own
         if kind == "fit":
             out.append((kind, SEED_SIZES, batches[0]))
         elif kind == "sgd":
@@ -398,6 +404,15 @@ def run(args, argv):
     finally:
         if bar is not None:
             bar.close()
+    if "ddp" in args.kinds:
+        if device.startswith("cuda"):
+            notes.append("ddp left out: it runs on the CPU (gloo) only")
+        else:
+            from .bench_ddp import run_cells
+
+            networks = [SEED_SIZES] + ([[max(widths)] * 4] if widths else [])
+            results += run_cells(networks, batches[0], rounds, block_s, dtype, LR, MOMENTUM,
+                                 _network_name)
     return {
         "benchmark": "torchext vs stock torch",
         "command": shlex.join(["python", "-m", "torchext", "bench", *argv]),

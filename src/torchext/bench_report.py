@@ -9,7 +9,20 @@ TITLES = {
     "sgd": "SGD step, momentum 0.9, over the network's parameters",
     "step": "Whole training step (zero_grad, forward, MSE loss, backward, SGD step)",
     "fit": "One epoch (32 steps) of Trainer.fit against the stock loop",
+    "ddp": ("Data-parallel training step per process (gloo, one thread each, batch per "
+            "process): stock DDP against Trainer(process_group=...)"),
 }
+
+
+def _extra_columns(cell):
+    """(header, value) of the columns only some kinds have."""
+    if "processes" not in cell:
+        return []
+    best = cell["steps_per_s"][cell["best_stock"]]
+    return [("processes", str(cell["processes"])),
+            ("all-reduce", _time(cell["allreduce_s"])),
+            ("steps/s stock", f"{best:.0f}"),
+            ("steps/s torchext", f"{cell['steps_per_s']['torchext']:.0f}")]
 
 
 def _time(seconds):
@@ -29,8 +42,14 @@ def _sections(report):
         yield kind, names + ["torchext"], rows
 
 
+def _head(rows, names):
+    return ["network", "batch", *(h for h, _ in _extra_columns(rows[0])), *names, "best stock",
+            "ratio"]
+
+
 def _row(cell, names):
     values = [cell["network"], "-" if cell["batch"] is None else str(cell["batch"])]
+    values += [v for _, v in _extra_columns(cell)]
     for name in names:
         t = cell["times"].get(name)
         values.append("-" if t is None else f"{_time(t['median_s'])} ±{t['spread'] * 50:.0f}%")
@@ -57,7 +76,7 @@ def _header_lines(report):
 def format_table(report):
     out = list(_header_lines(report))
     for kind, names, rows in _sections(report):
-        head = ["network", "batch", *names, "best stock", "ratio"]
+        head = _head(rows, names)
         body = [_row(cell, names) for cell in rows]
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
         out += ["", TITLES[kind]]
@@ -70,7 +89,7 @@ def format_table(report):
 def format_markdown(report):
     out = [f"- {line}" for line in _header_lines(report)]
     for kind, names, rows in _sections(report):
-        head = ["network", "batch", *names, "best stock", "ratio"]
+        head = _head(rows, names)
         out += ["", f"#### {TITLES[kind]}", "", "| " + " | ".join(head) + " |",
                 "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
         out += ["| " + " | ".join(_row(cell, names)) + " |" for cell in rows]
@@ -86,9 +105,13 @@ def save_plot(path, report):
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=90)
     for kind, _, rows in _sections(report):
-        for batch in dict.fromkeys(r["batch"] for r in rows):
-            cells = sorted((r for r in rows if r["batch"] == batch), key=lambda r: r["params"])
+        for batch, processes in dict.fromkeys((r["batch"], r.get("processes")) for r in rows):
+            cells = sorted((r for r in rows
+                            if (r["batch"], r.get("processes")) == (batch, processes)),
+                           key=lambda r: r["params"])
             label = kind if batch is None else f"{kind}, batch {batch}"
+            if processes is not None:
+                label += f", {processes} process{'es' if processes > 1 else ''}"
             ax.plot([c["params"] for c in cells], [c["ratio"] for c in cells], "o-", label=label)
     ax.axhline(1.0, color="gray", lw=1, ls="--")
     ax.set_xscale("log")

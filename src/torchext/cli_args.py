@@ -18,6 +18,7 @@ MAX_BATCH = 2**31 - 1
 MAX_WIDTH = 10**6
 MAX_THREADS = 1024  # far beyond any machine's cores; torch's pool crashes on absurd counts
 MAX_SEED = 2**63 - 1
+MAX_TIMEOUT_S = 86400.0
 
 
 def build_parser():
@@ -70,6 +71,9 @@ def build_parser():
     add("--threads", type=integer(1, MAX_THREADS),
         help=f"torch.set_num_threads for both runs, 1 to {MAX_THREADS} (default: torch's "
              "choice)")
+    add("--timeout", type=real(0, MAX_TIMEOUT_S, lo_open=True), default=300,
+        help="under torchrun: seconds a rank waits for the others in any collective before "
+             "it fails (default: 300)")
     add("--json", action="store_true", help="print the report as JSON")
     add("--no-progress", action="store_true",
         help="no progress bar (one is shown on a terminal when tqdm is installed)")

@@ -4,7 +4,7 @@ Trains an MLP with ``torchext.Trainer`` and, from identical initial weights and 
 shuffling, with the plain stock loop (``torch.nn.Sequential`` of ``torch.nn.Linear``,
 ``torch.optim.SGD``, zero_grad → forward → loss → backward → step). ``run_job`` returns the report
 (a JSON-ready dict): steps per second, the speed-up, the losses of both, and whether the runs agree
-within the parity tolerance.
+within the parity tolerance. Under torchrun both runs are data-parallel (``cli_distributed``).
 """
 
 import copy
@@ -36,13 +36,25 @@ def stock_twin(model):
     return twin
 
 
-def stock_fit(model, optimizer, loss_fn, x, y, epochs, batch_size, generator, progress):
-    """The hand-written stock loop, with fit's data order; returns each epoch's mean loss."""
-    samples = x.shape[0]
+def stock_fit(model, optimizer, loss_fn, x, y, epochs, batch_size, generator, progress,
+              world=None, seed=0):
+    """The hand-written stock loop, with fit's data order; returns each epoch's mean loss.
+
+    Under torchrun (``world``), ``model`` is a DistributedDataParallel, each epoch takes this
+    rank's DistributedSampler indices (``seed``, ``set_epoch``), and its loss is the mean over
+    every rank's samples.
+    """
+    if world is None:
+        samples = x.shape[0]
+        def order_of(epoch):
+            return torch.randperm(samples, generator=generator).to(x.device)
+    else:
+        samples = math.ceil(x.shape[0] / world.world_size)
+        order_of = world.sampler_orders(x.shape[0], seed)
     steps = math.ceil(samples / batch_size)
     epoch_losses, last_report = [], time.perf_counter()
     for epoch in range(epochs):
-        order = torch.randperm(samples, generator=generator).to(x.device)
+        order = order_of(epoch)
         losses = []
         for step in range(steps):
             index = order[step * batch_size:(step + 1) * batch_size]
@@ -58,6 +70,8 @@ def stock_fit(model, optimizer, loss_fn, x, y, epochs, batch_size, generator, pr
         sizes = torch.full((steps,), float(batch_size), dtype=torch.float64, device=x.device)
         sizes[-1] = samples - (steps - 1) * batch_size
         epoch_losses.append((torch.stack(losses).double() * sizes).sum().item() / samples)
+        if world is not None:
+            epoch_losses[-1] = world.mean(epoch_losses[-1])
         if not math.isfinite(epoch_losses[-1]):
             raise RuntimeError(f"the stock loop's loss became {epoch_losses[-1]} in epoch {epoch}; "
                                "lower the learning rate or check the data")
@@ -94,9 +108,14 @@ def load_task(args, dtype):
     return (*tensors, description)
 
 
-def run_job(args):
-    """Trains both ways and returns the report (a JSON-ready dict)."""
+def run_job(args, world=None):
+    """Trains both ways and returns the report (a JSON-ready dict).
+
+    ``world`` (see ``torchext.cli_distributed``): data-parallel under torchrun, on its device.
+    """
     dtype = getattr(torch, args.dtype)
+    if world is not None:
+        args.device = world.device
     x, y, x_held, y_held, description = load_task(args, dtype)
     outputs = y.shape[1] if args.loss == "mse" else int(torch.cat([y, y_held]).max()) + 1
     sizes = [x.shape[1], *args.hidden, outputs]
@@ -108,34 +127,42 @@ def run_job(args):
     model = MLP(sizes, activation=args.activation, device=args.device, dtype=dtype)
     stock = stock_twin(model)
     hyper = {"lr": args.lr, "momentum": args.momentum}
-    trainer = torchext.Trainer(model, torchext.optim.SGD(model.parameters(), **hyper), args.loss)
+    group = None if world is None else world.group
+    trainer = torchext.Trainer(model, torchext.optim.SGD(model.parameters(), **hyper), args.loss,
+                               process_group=group)
+    # The stock loop trains `stock` (under torchrun through DDP, which copies rank 0's weights).
+    stock_run = stock if world is None else torch.nn.parallel.DistributedDataParallel(stock)
     stock_opt = torch.optim.SGD(stock.parameters(), **hyper)
     loss_fn = trainer.loss_fn
-    steps_per_epoch = math.ceil(x.shape[0] / args.batch_size)
+    per_rank = x.shape[0] if world is None else math.ceil(x.shape[0] / world.world_size)
+    steps_per_epoch = math.ceil(per_rank / args.batch_size)
     steps = args.epochs * steps_per_epoch
 
     # One step of each on throw-away copies first, so that neither timing pays for first-call
     # set-up (thread pools, allocator, BLAS) alone.
     xb, yb = x[:args.batch_size], y[:args.batch_size]
     warm = copy.deepcopy(model)
-    torchext.Trainer(warm, torchext.optim.SGD(warm.parameters(), **hyper), args.loss).step(xb, yb)
+    torchext.Trainer(warm, torchext.optim.SGD(warm.parameters(), **hyper), args.loss,
+                     process_group=group).step(xb, yb)
     warm = copy.deepcopy(stock)
     stock_fit(warm, torch.optim.SGD(warm.parameters(), **hyper), loss_fn, xb, yb, 1,
               args.batch_size, torch.Generator(), None)
 
     def fit_torchext(generator, callback):
+        order = {"generator": generator} if world is None else {"seed": args.seed}
         return trainer.fit(x, y, epochs=args.epochs, batch_size=args.batch_size,
-                           generator=generator, progress=callback or False)
+                           progress=callback or False, **order)
 
     def fit_stock(generator, callback):
-        return stock_fit(stock, stock_opt, loss_fn, x, y, args.epochs, args.batch_size,
-                         generator, callback)
+        return stock_fit(stock_run, stock_opt, loss_fn, x, y, args.epochs, args.batch_size,
+                         generator, callback, world=world, seed=args.seed)
 
+    quiet = args.no_progress or (world is not None and world.rank != 0)
     runs = {}
     for name, fit in (("torchext", fit_torchext), ("torch", fit_stock)):
         label = "torchext.Trainer" if name == "torchext" else "stock loop"
         callback, close = fit_progress(args.epochs, steps_per_epoch, label=label,
-                                       when="never" if args.no_progress else "auto")
+                                       when="never" if quiet else "auto")
         try:
             losses, seconds = timed(fit, torch.Generator().manual_seed(args.seed), callback,
                                     device=args.device)
@@ -170,4 +197,6 @@ def run_job(args):
                    "max_rel_param_difference": param_diff,
                    "agree": loss_diff <= rtol and param_diff <= rtol},
         "torch_threads": torch.get_num_threads(), "saved": args.save, "plot": args.plot,
+        "world_size": 1 if world is None else world.world_size,
+        "distributed_backend": None if world is None else world.backend,
     }

@@ -10,6 +10,9 @@ def print_report(report):
     print(f"torchext {torchext.__version__} (torch {torch.__version__}, {threads} "
           f"thread{'s' if threads != 1 else ''}) on {report['device']}, {report['dtype']}; "
           f"Trainer backend: {report['torchext']['backend']}")
+    if report.get("world_size", 1) > 1 or report.get("distributed_backend"):
+        print(f"data-parallel: {report['world_size']} processes ({report['distributed_backend']}"
+              f"), each on its DistributedSampler shard; stock loop: DistributedDataParallel")
     print(f"data: {report['task']}: {report['samples']['train']} training / "
           f"{report['samples']['held_out']} held-out samples")
     print(f"network: MLP {'-'.join(map(str, report['sizes']))} {report['activation']}, "

@@ -18,6 +18,14 @@ agree with each other, LR schedulers work, and a hand-written loop can take over
 Calls on one Trainer are serialised by a lock in the C++ core: a call from a second thread waits
 until the running one returns; a call from inside ``fit``'s own progress callback is refused,
 except ``state_dict`` and ``save``.
+
+Data-parallel (``torch.distributed``): a model wrapped in ``DistributedDataParallel``, or any
+model with ``process_group=``, is one replica per rank (see ``torchext._distributed``). The
+Trainer copies rank 0's parameters and buffers to every rank (after checking that the replicas
+match), all-reduces each step's gradients (their mean, as DDP) before the update, trains each
+rank on its DistributedSampler shard in ``fit``, returns global means from ``fit`` and
+``evaluate``, and ``save`` writes on rank 0 only. Every call is then collective: each rank makes
+it, with the same arguments.
 """
 
 import math
@@ -33,6 +41,7 @@ from torch.optim import optimizer as _optimizer_module
 from . import _C, __version__
 from ._chain import extract_chain
 from ._checkpoint import CheckpointError, checked_state, checksum, read_checkpoint, write_atomically
+from ._distributed import resolve
 from ._eager import eager_evaluate, eager_fit, eager_step
 from .cli_support import fit_progress
 from .optim import SGD as TorchextSGD
@@ -91,27 +100,33 @@ class Trainer:
         loss: ``"mse"``, ``"cross_entropy"`` (class-index targets), or a loss
             module; ``nn.MSELoss()``/``nn.CrossEntropyLoss()`` with default
             settings run on the core, any other module eagerly.
+        process_group: a ``torch.distributed.ProcessGroup`` (e.g.
+            ``torch.distributed.group.WORLD``) to train data-parallel without DDP; a
+            ``DistributedDataParallel`` model brings its own. Construction is then collective.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 loss: Union[str, nn.Module] = "mse") -> None:
+                 loss: Union[str, nn.Module] = "mse", *, process_group=None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
         name = _loss_name(loss)
+        module, self._dp, core_allowed = resolve(model, process_group)
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owned]
+        missing = [n for n, p in module.named_parameters()
+                   if p.requires_grad and id(p) not in owned]
         if missing:
             raise ValueError("the optimizer does not own the model's parameters: "
                              f"{', '.join(missing)} are not in any of its param groups")
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = _LOSSES[name]() if isinstance(loss, str) else loss
+        self._module = module  # the model without its DistributedDataParallel wrapper
         self._core = None
         self._eager_steps = 0
-        chain = extract_chain(model)
+        chain = extract_chain(module) if core_allowed else None
         if chain is not None and name is not None and _is_sgd(optimizer):
             params = _core_params(chain.layers)
             if (all(p.is_contiguous() for p in params)
@@ -119,15 +134,27 @@ class Trainer:
                     and params[0].device.type in ("cpu", "cuda")
                     and len({(p.device, p.dtype) for p in params}) == 1):
                 layers = chain.layers
+                names = {id(p): n for n, p in module.named_parameters()}
                 self._core = _C.TrainerCore(
                     [layer.weight for layer in layers], [layer.bias for layer in layers],
-                    [layer.activation for layer in layers], name, optimizer, params, chain.watch)
+                    [layer.activation for layer in layers], name, optimizer, params, chain.watch,
+                    None if self._dp is None else self._dp.group, [names[id(p)] for p in params])
+        if self._dp is not None:
+            if self._core is not None:
+                self._dp.replicate_buffers("torchext.Trainer")
+            else:
+                self._dp.eager_model()
         self._lock = self._core.lock if self._core is not None else _C.TrainerLock()
 
     @property
     def backend(self) -> str:
         """Where steps run: ``"cpu"`` or ``"cuda"`` (the C++ core), or ``"eager"``."""
         return self._core.backend if self._core is not None else "eager"
+
+    @property
+    def process_group(self):
+        """The ``torch.distributed.ProcessGroup`` trained on (data-parallel), or None."""
+        return None if self._dp is None else self._dp.group
 
     @property
     def steps(self) -> int:
@@ -150,8 +177,10 @@ class Trainer:
         self._set_steps(self.steps + 1)
 
     def __repr__(self) -> str:
+        ranks = "" if self._dp is None else \
+            f", rank={self._dp.rank}, world_size={self._dp.world_size}"
         return (f"Trainer(backend={self.backend!r}, model={type(self.model).__name__}, "
-                f"optimizer={type(self.optimizer).__name__}, loss={self.loss_fn!r})")
+                f"optimizer={type(self.optimizer).__name__}, loss={self.loss_fn!r}{ranks})")
 
     def _uses_core(self) -> bool:
         # Hooks belong to optimizer.step() and module forwards: with any registered, run those.
@@ -173,6 +202,8 @@ class Trainer:
         the update even when the loss is not finite; so does this).
         """
         self._check_tensors(x, y, "step")
+        if self._dp is not None:
+            self._dp.check_synchronising("torchext.Trainer.step")
         if self._uses_core():
             loss = self._core.step(x, y)
             # What optimizer.step() flags: LR schedulers check it to warn about calling
@@ -184,12 +215,20 @@ class Trainer:
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1, batch_size: int = 128,
             shuffle: bool = True, generator: Optional[torch.Generator] = None,
-            progress: Union[None, bool, Callable] = None) -> List[float]:
+            progress: Union[None, bool, Callable] = None, seed: Optional[int] = None,
+            start_epoch: int = 0) -> List[float]:
         """Trains for whole epochs over ``(x, y)``; returns the mean loss of each epoch.
 
         Each epoch draws ``torch.randperm(len(x), generator=generator)`` (when
         ``shuffle``) and steps over minibatches of ``batch_size`` rows in that order;
         the last may be short. The epoch's loss is the mean over its samples.
+
+        With ``seed`` instead of ``generator`` — and always data-parallel, where ``seed``
+        defaults to 0 — epoch ``e`` of the call is DistributedSampler's:
+        ``DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=False)`` after
+        ``set_epoch(start_epoch + e)``. Data-parallel, every rank passes the whole dataset and
+        trains on its shard (the dataset padded to a multiple of the world size, as the
+        sampler does), and each epoch's loss is the mean over every rank's samples.
 
         ``progress``: ``True`` for a progress bar (tqdm), ``False`` for none, ``None``
         for a bar when stderr is a terminal, or a callable
@@ -211,6 +250,14 @@ class Trainer:
         if not (progress is None or isinstance(progress, bool) or callable(progress)):
             raise TypeError(f"progress must be None, a bool or a callable, got "
                             f"{type(progress).__name__}")
+        if seed is not None:
+            seed = _check_int(seed, "seed", 0)
+        start_epoch = _check_int(start_epoch, "start_epoch", 0)
+        if self._dp is not None:
+            self._dp.check_synchronising("torchext.Trainer.fit")
+            samples = self._dp.samples_per_rank(samples)
+            if progress is None and self._dp.rank != 0:
+                progress = False  # one bar, on rank 0
         steps_per_epoch = math.ceil(samples / min(batch_size, samples))
         if epochs * steps_per_epoch > _INT64_MAX - self.steps:
             raise ValueError(f"{epochs} epochs of {steps_per_epoch} steps overflow the step count")
@@ -221,17 +268,22 @@ class Trainer:
             callback, close = fit_progress(epochs, steps_per_epoch, when=when)
         try:
             if self._uses_core():
-                losses = self._core.fit(x, y, epochs, batch_size, shuffle, generator, callback)
+                losses = self._core.fit(x, y, epochs, batch_size, shuffle, generator, callback,
+                                        seed, start_epoch)
                 self.optimizer._opt_called = True
                 return losses
             with self._lock.hold("run", "torchext.Trainer.fit"):
                 return eager_fit(self, x, y, epochs, min(batch_size, samples), shuffle,
-                                 generator, callback)
+                                 generator, callback, seed, start_epoch)
         finally:
             close()
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, batch_size: Optional[int] = None) -> float:
-        """Mean loss over ``(x, y)`` without training, in batches of ``batch_size`` rows."""
+        """Mean loss over ``(x, y)`` without training, in batches of ``batch_size`` rows.
+
+        Data-parallel, every rank passes the whole dataset and evaluates a contiguous
+        ``1/world_size`` of it; the result is the mean over all of it, on every rank.
+        """
         self._check_data(x, y, "evaluate")
         batch_size = 0 if batch_size is None else _check_int(batch_size, "batch_size", 1)
         if self._uses_core():
@@ -259,12 +311,16 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict:
-        """``{"model", "optimizer", "step", "torchext_version"}``: plain, torch.load-safe."""
+        """``{"model", "optimizer", "step", "torchext_version"}``: plain, torch.load-safe.
+
+        ``"model"`` is the state of the model without its DistributedDataParallel wrapper, so
+        checkpoints move between data-parallel and single-process Trainers.
+        """
         with self._lock.hold("read", "torchext.Trainer.state_dict"):
             return self._state()
 
     def _state(self):
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": self._module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "step": self.steps, "torchext_version": __version__}
 
     def load_state_dict(self, state: dict) -> None:
@@ -272,11 +328,42 @@ class Trainer:
 
         Everything is checked first — the keys, every tensor's shape, kind and device, the
         optimizer's groups and buffers, the step count — so on a bad state nothing changes.
+        Data-parallel it is collective: every rank must pass the same state (same step and
+        checksum), or every rank raises and none changes.
         """
-        with self._lock.hold("write", "torchext.Trainer.load_state_dict"):
-            step = checked_state(state, self.model, self.optimizer, _is_sgd(self.optimizer))
+        self._apply_state(lambda: state, "torchext.Trainer.load_state_dict")
+
+    def _apply_state(self, read_state, who, misfit=None):
+        """Loads ``read_state()`` under the lock once every check passed (on every rank).
+
+        ``misfit(error)``: the CheckpointError message for a state that does not fit.
+        """
+        def checked():
+            state = read_state()
+            try:
+                return state, checked_state(state, self._module, self.optimizer,
+                                            _is_sgd(self.optimizer))
+            except ValueError as exc:
+                if misfit is None:
+                    raise
+                raise CheckpointError(misfit(exc)) from None
+
+        with self._lock.hold("write", who):
+            if self._dp is None:
+                state, step = checked()
+            else:
+                failure, step, digest = None, 0, 0
+                try:
+                    state, step = checked()
+                    digest = int(checksum(state)[len("sha1:"):][:15], 16)
+                except Exception as exc:  # noqa: BLE001 - raised below, after the exchange
+                    failure = exc
+                self._dp.agree(failure is None, [("the state's step count", step),
+                                                 ("the state's checksum", digest)], who)
+                if failure is not None:
+                    raise failure
             self.optimizer.load_state_dict(state["optimizer"])
-            self.model.load_state_dict(state["model"])
+            self._module.load_state_dict(state["model"])
             self._set_steps(step)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
@@ -284,23 +371,35 @@ class Trainer:
 
         See ``torchext._checkpoint`` for the rules: links are written through, only a regular
         file is replaced, the file gets torch.save's mode, and no temporary file is left behind.
+        Data-parallel, rank 0 writes (every rank holds the same state) while the others wait
+        for it; if it fails, every rank raises.
         """
         with self._lock.hold("read", "torchext.Trainer.save"):
-            state = self._state()
-            state["checksum"] = checksum(state)
-            write_atomically(path, lambda f: torch.save(state, f), "torchext.Trainer.save")
+            failure = None
+            if self._dp is None or self._dp.rank == 0:
+                try:
+                    state = self._state()
+                    state["checksum"] = checksum(state)
+                    write_atomically(path, lambda f: torch.save(state, f),
+                                     "torchext.Trainer.save")
+                except Exception as exc:  # noqa: BLE001 - raised below, after the exchange
+                    failure = exc
+            if self._dp is not None:
+                self._dp.agree(failure is None, [], "torchext.Trainer.save")
+            if failure is not None:
+                raise failure
 
     def load(self, path: Union[str, os.PathLike]) -> None:
         """Loads a checkpoint written by :meth:`save` (``torch.load``, ``weights_only``).
 
         A missing, empty, truncated, damaged (checksum) or foreign file raises
-        :class:`CheckpointError` naming the file; nothing changes.
+        :class:`CheckpointError` naming the file; nothing changes. Data-parallel, every rank
+        reads the file (each must see it) and loads only if every rank could.
         """
-        params = next(iter(self.model.parameters()), None)
+        params = next(iter(self._module.parameters()), None)
         device = params.device if params is not None else "cpu"
-        state = read_checkpoint(path, device, "torchext.Trainer.load")
-        try:
-            self.load_state_dict(state)
-        except ValueError as exc:
-            raise CheckpointError(f"torchext.Trainer.load: {os.fspath(path)} does not fit this "
-                                  f"Trainer: {exc}") from None
+        self._apply_state(
+            lambda: read_checkpoint(path, device, "torchext.Trainer.load"),
+            "torchext.Trainer.load",
+            lambda exc: f"torchext.Trainer.load: {os.fspath(path)} does not fit this Trainer: "
+                        f"{exc}")
