@@ -185,7 +185,7 @@ def test_a_plain_multi_group_step_is_one_cpp_call(momentum):
 
 
 @pytest.mark.parametrize("bad", ["grad_shape", "buffer_dtype"])
-def test_the_cpp_step_refuses_a_bad_later_group_before_any_write(bad):
+def test_the_cpp_step_declines_a_bad_later_group_before_any_write(bad):
     params, opt = _two_groups_of_one_dtype()
     for p in params:
         p.grad = torch.ones_like(p)
@@ -196,8 +196,7 @@ def test_the_cpp_step_refuses_a_bad_later_group_before_any_write(bad):
         opt.state[params[2]]["momentum_buffer"] = torch.zeros(2, 2, dtype=torch.float64)
     before = [p.detach().clone() for p in params]
     buffers = {p: s["momentum_buffer"].clone() for p, s in opt.state.items()}
-    with pytest.raises(RuntimeError):
-        torchext._C.sgd_step_(opt.param_groups, opt.state)
+    assert torchext._C.sgd_step_(opt.param_groups, opt.state) is False  # declined, for the plan
     assert all(torch.equal(p, b) for p, b in zip(params, before))
     assert set(opt.state) == set(buffers)
     assert all(torch.equal(opt.state[p]["momentum_buffer"], b) for p, b in buffers.items())

@@ -31,8 +31,11 @@ void validate(const SGDCall& call) {
 
 }  // namespace
 
-void fused_sgd_calls_(const std::vector<SGDCall>& calls) {
+void validate_sgd_calls(const std::vector<SGDCall>& calls) {
   for (const SGDCall& call : calls) validate(call);
+}
+
+void run_sgd_calls(const std::vector<SGDCall>& calls) {
   for (const SGDCall& call : calls) {
     if (call.lr_tensor.has_value()) {
       fused_sgd_(call.params, call.grads, call.momentum_buffers, call.is_first_step,
@@ -42,6 +45,11 @@ void fused_sgd_calls_(const std::vector<SGDCall>& calls) {
                  call.options, call.grad_scale, call.found_inf);
     }
   }
+}
+
+void fused_sgd_calls_(const std::vector<SGDCall>& calls) {
+  validate_sgd_calls(calls);
+  run_sgd_calls(calls);
 }
 
 }  // namespace torchext

@@ -24,7 +24,15 @@ struct SGDCall {
   std::optional<at::Tensor> grad_scale, found_inf;
 };
 
-// Raises c10::Error, with nothing written, if any call would be refused.
+// Raises c10::Error if any call would be refused; writes nothing.
+void validate_sgd_calls(const std::vector<SGDCall>& calls);
+
+// The calls in order, as fused_sgd_ makes them (each checks its own arguments
+// again, so a call that validate_sgd_calls did not see cannot write garbage).
+void run_sgd_calls(const std::vector<SGDCall>& calls);
+
+// validate_sgd_calls, then run_sgd_calls: raises, with nothing written, if any
+// call would be refused.
 void fused_sgd_calls_(const std::vector<SGDCall>& calls);
 
 }  // namespace torchext

@@ -104,9 +104,10 @@ void fused_sgd_calls_direct(std::vector<CallArgs> args) {
 // It takes only what needs none of the Python plan's decisions: plain float
 // or int hyper-parameters, bool flags, no fused=True, dense gradients and
 // buffers, parameters of exactly torch.Tensor or torch.nn.Parameter, one
-// device and dtype per group. Anything else, or a call its kernel would refuse
-// (a RuntimeError, with nothing written), goes back to the Python plan, which
-// then steps it or names the problem.
+// device and dtype per group. Anything else, or a call its kernel would refuse,
+// is declined before anything is written (False), and the Python plan then
+// steps it or names the problem. An error while the validated calls run (say,
+// out of memory) propagates: the step is not retried on half-written state.
 
 PyObject* interned(const char* text) {
   PyObject* s = PyUnicode_InternFromString(text);  // kept for the process's life
@@ -225,7 +226,12 @@ bool sgd_step(const py::list& groups, const py::dict& state) {
   }
   {
     py::gil_scoped_release no_gil;
-    torchext::fused_sgd_calls_(calls);
+    try {
+      torchext::validate_sgd_calls(calls);
+    } catch (const c10::Error&) {
+      return false;  // the Python plan names the problem
+    }
+    torchext::run_sgd_calls(calls);
   }
   // Only now, after every call was accepted, do buffers enter the state
   // (state is a defaultdict: state[p] makes p's dict).

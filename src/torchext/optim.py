@@ -206,11 +206,8 @@ class SGD(Optimizer):
         ):
             # A step of the usual kind is read, checked and made in one C++ call; it declines
             # (having done nothing) whatever needs the plan below, which also names problems.
-            try:
-                if _C.sgd_step_(self.param_groups, self.state):
-                    return loss
-            except RuntimeError:
-                pass
+            if _C.sgd_step_(self.param_groups, self.state):
+                return loss
         plan = _sgd_step.plan(self, scaled=grad_scale is not None or found_inf is not None)
         if found_inf is not None and plan.creates_buffers():
             # A skipped first step must leave no (uninitialised) buffers behind: decide on the
