@@ -5,12 +5,14 @@ capped by ``ATEN_CPU_CAPABILITY`` as torch's own kernels are. Here every build t
 pinned in turn and compared with stock PyTorch computed in the same test, over layer shapes that
 take each GEMM path of the core (the register tiles with their fused epilogues, the vendor BLAS,
 tails of every tile and vector width) and every activation and loss; the results of one build
-must not depend on the number of threads. (tests/test_trainer.py runs its parity cases on every
+must not depend on the number of threads, and the core runs on torch's own OpenMP runtime.
+(tests/test_trainer.py runs its parity cases on every
 build too; tests/test_fused_sgd_op.py runs its own under each ATEN_CPU_CAPABILITY.)
 """
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
 
@@ -142,3 +144,21 @@ def test_aten_cpu_capability_caps_every_kernel_build(env):
     assert out[0] == expected
     assert out[1] == expected
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads ELF and /proc")
+def test_the_core_runs_on_torchs_own_openmp_runtime():
+    # Compiled with OpenMP (else ATen's inlined parallel_for is a serial loop in libtorchext) and
+    # sharing the one runtime torch loaded, so torch.set_num_threads sizes the core's threads too.
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this torch does not thread with OpenMP")
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("needs readelf")
+    lib = os.path.join(os.path.dirname(torchext.__file__), "lib", "libtorchext.so")
+    needed = subprocess.run([readelf, "-d", lib], capture_output=True, text=True,
+                            check=True).stdout
+    assert "libgomp" in needed
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes
