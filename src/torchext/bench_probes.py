@@ -10,7 +10,9 @@ Work. A cell's floating-point operations are those of its GEMMs (2 per multiply-
 elementwise passes are left out): forward, weight gradients, and the input gradients that the
 step needs (a Linear cell's input requires its gradient; a network's input does not). An SGD cell
 moves bytes instead: parameter, gradient and momentum buffer read, parameter and buffer written.
-The column gives torchext's achieved rate and its fraction of the matching peak.
+The column gives torchext's achieved rate and its fraction of the matching peak. The copy probe
+streams through memory, so an update whose tensors stay in the caches (a small network stepped
+again and again) can exceed 100 % of it.
 """
 
 import itertools
