@@ -8,7 +8,12 @@ and batch sizes:
           foreach=True and with fused=True, against torchext.optim.SGD
   step    one whole training step (zero_grad, forward, MSE loss, backward, SGD step): the stock
           loop with foreach and with fused SGD, torch.compile of the model, and on CUDA the
-          stock step captured as one CUDA graph; against torchext.Trainer.step
+          stock step captured as one CUDA graph; against torchext.Trainer.step; plus an
+          MNIST-sized 784-256-256-10 network with cross-entropy at batch 256
+  threads one training step at 1 thread and at torch's thread count (CPU only), on the
+          10-46-46-10 MLP at batch 128 (a known PyTorch thread cliff), the 784-256-256-10
+          cross-entropy network at batch 256 and the widest network at the last batch size:
+          stock (fused SGD) and torchext; scaling = time at 1 thread / time at N threads
   fit     one epoch of 32 steps on the seed network, at the first batch size: the stock loop
           (foreach and fused SGD) against Trainer.fit
   ddp     one data-parallel training step on 1 and 2 processes (one thread each, gloo, CPU
@@ -20,7 +25,10 @@ block; blocks alternate between contenders (the starting contender rotates every
 drift in machine load hits all alike. A cell reports each contender's median seconds per call,
 its spread ((max - min) / median over rounds), and ratio = best stock median / torchext median
 (> 1: torchext is faster). CUDA timings use CUDA events. The machine, torch's thread count and
-the load average before and after are recorded with the results.
+the load average before and after are recorded with the results. A roofline column gives
+torchext's achieved GFLOP/s (GEMM arithmetic) or GB/s (SGD's memory traffic) against peaks the
+bench measures first on the machine itself, a large-GEMM probe and a copy probe
+(``torchext.bench_probes``).
 """
 
 import argparse
@@ -41,6 +49,7 @@ import torch
 import torchext
 
 from ._checkpoint import CheckpointError, writable_target
+from .bench_probes import cell_work, measure_peaks, roofline
 from .bench_report import format_markdown, format_table, save_plot
 from .cli_support import (
     ArgumentParser,
@@ -52,8 +61,10 @@ from .cli_support import (
     real,
 )
 
-KINDS = ("linear", "sgd", "step", "fit", "ddp")
+KINDS = ("linear", "sgd", "step", "fit", "ddp", "threads")
 SEED_SIZES = [20, 30, 30, 40]
+MNIST_SIZES, MNIST_BATCH = [784, 256, 256, 10], 256  # the cross-entropy network of step/threads
+CLIFF_SIZES, CLIFF_BATCH = [10, 46, 46, 10], 128  # PyTorch's thread-cliff MLP
 FIT_STEPS = 32  # steps per timed epoch, so that every batch size is timed over the same count
 # Default matrices: widths of the square networks besides the seed network, and batch sizes.
 WIDTHS = {("cpu", True): [256], ("cpu", False): [256, 1024],
@@ -164,12 +175,26 @@ def _stock_pair(sizes, device, dtype):
     return stock, mine
 
 
-def _stock_step(model, optimizer, x, y):
+_LOSS_FUNCTIONS = {"mse": torch.nn.functional.mse_loss,
+                   "cross_entropy": torch.nn.functional.cross_entropy}
+
+
+def _stock_step(model, optimizer, x, y, loss="mse"):
+    loss_fn = _LOSS_FUNCTIONS[loss]
+
     def step():
         optimizer.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
+        loss_fn(model(x), y).backward()
         optimizer.step()
     return step
+
+
+def _step_data(sizes, batch, device, dtype, loss):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, sizes[0], generator=gen, dtype=dtype).to(device)
+    if loss == "mse":
+        return x, torch.randn(batch, sizes[-1], generator=gen, dtype=dtype).to(device)
+    return x, torch.randint(0, sizes[-1], (batch,), generator=gen).to(device)
 
 
 def _cuda_graph_step(model, optimizer, x, y):
@@ -191,22 +216,20 @@ def _cuda_graph_step(model, optimizer, x, y):
     return graph.replay
 
 
-def _step_contenders(sizes, batch, device, dtype, compile_, notes):
+def _step_contenders(sizes, batch, device, dtype, compile_, notes, loss="mse"):
     stock, mine = _stock_pair(sizes, device, dtype)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, sizes[0], generator=gen, dtype=dtype).to(device)
-    y = torch.randn(batch, sizes[-1], generator=gen, dtype=dtype).to(device)
+    x, y = _step_data(sizes, batch, device, dtype, loss)
     kw = {"lr": LR, "momentum": MOMENTUM}
     contenders = {}
     for variant in ("foreach", "fused"):
         model = copy.deepcopy(stock)
         optimizer = torch.optim.SGD(model.parameters(), **{variant: True}, **kw)
-        contenders[f"torch {variant}"] = _stock_step(model, optimizer, x, y)
+        contenders[f"torch {variant}"] = _stock_step(model, optimizer, x, y, loss)
     if compile_:
         model = copy.deepcopy(stock)
         optimizer = torch.optim.SGD(model.parameters(), fused=True, **kw)
         contenders["torch compile"] = _stock_step(torch.compile(model, dynamic=False), optimizer,
-                                                  x, y)
+                                                  x, y, loss)
     if device.startswith("cuda"):
         model = copy.deepcopy(stock)
         optimizer = torch.optim.SGD(model.parameters(), foreach=True, **kw)
@@ -214,9 +237,45 @@ def _step_contenders(sizes, batch, device, dtype, compile_, notes):
             contenders["torch cuda graph"] = _cuda_graph_step(model, optimizer, x, y)
         except Exception as exc:  # noqa: BLE001 - capture support varies with torch and driver
             notes.append(f"cuda graph skipped for {sizes} b{batch}: {_first_line(exc)}")
-    trainer = torchext.Trainer(mine, torchext.optim.SGD(mine.parameters(), **kw), "mse")
+    trainer = torchext.Trainer(mine, torchext.optim.SGD(mine.parameters(), **kw), loss)
     contenders["torchext"] = lambda: trainer.step(x, y)
     return contenders
+
+
+def _on_threads(fn, threads):
+    fn.threads = threads  # read by ThreadsTimer
+    return fn
+
+
+class ThreadsTimer(Timer):
+    """Timer that runs each block on the contender's own number of torch threads."""
+
+    def __call__(self, fn, iters):
+        torch.set_num_threads(fn.threads)
+        return super().__call__(fn, iters)
+
+
+def _threads_contenders(sizes, batch, device, dtype, loss, threads):
+    """Stock (fused SGD) and torchext steps, each at 1 thread and at ``threads``."""
+    stock, mine = _stock_pair(sizes, device, dtype)
+    x, y = _step_data(sizes, batch, device, dtype, loss)
+    kw = {"lr": LR, "momentum": MOMENTUM}
+    contenders = {}
+    for n in (1, threads):
+        model = copy.deepcopy(stock)
+        optimizer = torch.optim.SGD(model.parameters(), fused=True, **kw)
+        contenders[f"torch fused {_threads_name(n)}"] = _on_threads(
+            _stock_step(model, optimizer, x, y, loss), n)
+    for n in (1, threads):
+        model = copy.deepcopy(mine)
+        trainer = torchext.Trainer(model, torchext.optim.SGD(model.parameters(), **kw), loss)
+        name = "torchext" if n == threads else f"torchext {_threads_name(n)}"
+        contenders[name] = _on_threads(lambda trainer=trainer: trainer.step(x, y), n)
+    return contenders
+
+
+def _threads_name(n):
+    return f"{n} thread{'s' if n != 1 else ''}"
 
 
 def _fit_contenders(sizes, batch, device, dtype):
@@ -249,22 +308,29 @@ def _fit_contenders(sizes, batch, device, dtype):
 # ---------------------------------------------------------------------------- the matrix
 
 def cells(kinds, widths, batches):
-    """(kind, sizes, batch) of every cell; sgd cells do not depend on the batch."""
+    """(kind, sizes, batch, loss) of every cell; sgd cells do not depend on the batch."""
     networks = [SEED_SIZES] + [[w] * 4 for w in widths]
     out = []
     for kind in kinds:
         if kind == "ddp":
             continue  # run by bench_ddp, in processes of its own
         if kind == "fit":
-            out.append((kind, SEED_SIZES, batches[0]))
+            out.append((kind, SEED_SIZES, batches[0], "mse"))
         elif kind == "sgd":
-            out += [(kind, sizes, None) for sizes in networks]
+            out += [(kind, sizes, None, "mse") for sizes in networks]
+        elif kind == "threads":
+            out += [(kind, CLIFF_SIZES, CLIFF_BATCH, "mse"),
+                    (kind, MNIST_SIZES, MNIST_BATCH, "cross_entropy"),
+                    (kind, networks[-1], batches[-1], "mse")]
         else:
-            out += [(kind, sizes, b) for sizes in networks for b in batches]
+            out += [(kind, sizes, b, "mse") for sizes in networks for b in batches]
+            if kind == "step":
+                out.append((kind, MNIST_SIZES, MNIST_BATCH, "cross_entropy"))
     return out
 
 
-def run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s, notes):
+def run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s, notes, loss="mse",
+             peaks=None):
     if compile_:
         # Dynamo caches per code object (one Sequential.forward for every network) and stops
         # compiling after a few recompiles; a reset gives each cell its own compiled code.
@@ -274,7 +340,10 @@ def run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s, notes
     elif kind == "sgd":
         contenders = _sgd_contenders(sizes, device, dtype)
     elif kind == "step":
-        contenders = _step_contenders(sizes, batch, device, dtype, compile_, notes)
+        contenders = _step_contenders(sizes, batch, device, dtype, compile_, notes, loss)
+    elif kind == "threads":
+        threads = torch.get_num_threads()
+        contenders = _threads_contenders(sizes, batch, device, dtype, loss, threads)
     else:
         contenders = _fit_contenders(sizes, batch, device, dtype)
     if "torch compile" in contenders:
@@ -285,18 +354,37 @@ def run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s, notes
             notes.append(f"torch.compile skipped for {kind} {sizes} b{batch}: "
                          f"{_first_line(exc)}")
             del contenders["torch compile"]
-    times = measure(contenders, Timer(device), rounds, block_s)
-    stock = {name: t["median_s"] for name, t in times.items() if name != "torchext"}
+    if kind == "threads":
+        try:
+            times = measure(contenders, ThreadsTimer(device), rounds, block_s)
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        times = measure(contenders, Timer(device), rounds, block_s)
+    stock = {name: t["median_s"] for name, t in times.items() if not name.startswith("torchext")}
     best = min(stock, key=stock.get)
     layer = sizes[:2] if kind == "linear" else sizes
     params = sum(o * i + o for i, o in itertools.pairwise(layer))
-    return {"kind": kind, "network": _network_name(layer), "sizes": layer, "batch": batch,
-            "params": params, "times": times, "best_stock": best,
+    cell = {"kind": kind, "network": _network_name(layer, loss), "sizes": layer, "batch": batch,
+            "loss": loss, "params": params, "times": times, "best_stock": best,
             "ratio": stock[best] / times["torchext"]["median_s"]}
+    if kind == "threads":
+        one, many = _threads_name(1), _threads_name(threads)
+        cell["threads"] = threads
+        cell["scaling"] = {
+            "torchext": times[f"torchext {one}"]["median_s"] / times["torchext"]["median_s"],
+            "stock": times[f"torch fused {one}"]["median_s"]
+            / times[f"torch fused {many}"]["median_s"]}
+    work = cell_work(kind, layer, batch, dtype, FIT_STEPS if kind == "fit" else 1)
+    if peaks is not None and work is not None:
+        cell["roofline"] = roofline(work, times["torchext"]["median_s"], peaks)
+    return cell
 
 
-def _network_name(sizes):
+def _network_name(sizes, loss="mse"):
     name = "-".join(map(str, sizes))
+    if loss != "mse":
+        name += f" {loss.replace('_', '-')}"
     return f"seed {name}" if sizes in (SEED_SIZES, SEED_SIZES[:2]) else name
 
 
@@ -390,15 +478,19 @@ def run(args, argv):
         # small ops then take milliseconds and the numbers say more about the load than torch.
         notes.append(f"load average {load_before[0]} exceeds the {cores} cores and torch uses "
                      f"{threads} threads: timings are unreliable; --threads 1 is steadier")
+    if "threads" in args.kinds and (device.startswith("cuda") or torch.get_num_threads() < 2):
+        notes.append("threads left out: it compares 1 thread with several on the CPU")
+        args.kinds = [k for k in args.kinds if k != "threads"]
+    peaks = measure_peaks(device, dtype)
     todo = cells(args.kinds, widths, batches)
     results = []
     bar = progress_bar(len(todo), label="bench", when="auto")
     try:
-        for i, (kind, sizes, batch) in enumerate(todo):
+        for i, (kind, sizes, batch, loss) in enumerate(todo):
             if bar is not None:
                 bar.update(i, f"{kind} {'-'.join(map(str, sizes))} b{batch}")
             results.append(run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s,
-                                    notes))
+                                    notes, loss, peaks))
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
     finally:
@@ -418,7 +510,7 @@ def run(args, argv):
         "command": shlex.join(["python", "-m", "torchext", "bench", *argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device, "dtype": args.dtype, "machine": machine(device),
-        "load_average": {"before": load_before, "after": _load_average()},
+        "load_average": {"before": load_before, "after": _load_average()}, "peaks": peaks,
         "settings": {"quick": args.quick, "rounds": rounds, "block_s": block_s,
                      "compile": compile_, "lr": LR, "momentum": MOMENTUM},
         "notes": notes, "results": results,
