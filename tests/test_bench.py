@@ -34,6 +34,7 @@ def test_report_shape(report):
     assert kinds == [("linear", "seed 20-30", 4), ("linear", "8-8", 4),
                      ("sgd", "seed 20-30-30-40", None), ("sgd", "8-8-8-8", None),
                      ("step", "seed 20-30-30-40", 4), ("step", "8-8-8-8", 4),
+                     ("step", "784-256-256-10 cross-entropy", 256),
                      ("fit", "seed 20-30-30-40", 4)]
     for cell in report["results"]:
         assert "torchext" in cell["times"] and cell["best_stock"] in cell["times"]
@@ -42,6 +43,17 @@ def test_report_shape(report):
             assert t["median_s"] > 0 and t["spread"] >= 0 and t["iters"] >= 1
     assert set(report["results"][4]["times"]) == {"torch foreach", "torch fused", "torchext"}
     assert report["results"][2]["params"] == 30 * 20 + 30 + 30 * 30 + 30 + 40 * 30 + 40
+    peaks = report["peaks"]
+    assert peaks["gemm_flop_s"] > 0 and peaks["copy_byte_s"] > 0
+    for cell in report["results"]:  # torchext's rate over the cell's work, against the peak
+        r = cell["roofline"]
+        assert r["unit"] == ("GB/s" if cell["kind"] == "sgd" else "GFLOP/s")
+        peak = peaks["copy_byte_s"] if cell["kind"] == "sgd" else peaks["gemm_flop_s"]
+        assert r["of_peak"] == pytest.approx(r["achieved"] * 1e9 / peak)
+    # step 8-8-8-8 at batch 4: forward and weight gradients of 3 layers, input gradients of 2
+    step = report["results"][5]
+    assert step["roofline"]["achieved"] * 1e9 * step["times"]["torchext"]["median_s"] == \
+        pytest.approx(2 * 4 * (3 * 64 + 3 * 64 + 2 * 64))
     json.dumps(report)  # JSON-ready
 
 
@@ -49,6 +61,7 @@ def test_table_and_markdown(report):
     table = format_table(report)
     assert "load average" in table and "Whole training step" in table
     assert "torch foreach" in table and "ratio" in table
+    assert "peaks measured here" in table and "torchext roofline" in table
     markdown = format_markdown(report)
     lines = markdown.splitlines()
     headers = [i for i, line in enumerate(lines) if line.startswith("| network")]
@@ -68,6 +81,30 @@ def test_main_outputs(flag, check, capsys):
     argv = [*TINY, "--kinds", "sgd", "--widths", ""] + ([flag] if flag else [])
     assert bench.main(argv) == 0
     assert check(capsys.readouterr().out)
+
+
+def test_thread_scaling_cells():
+    threads = torch.get_num_threads()
+    parser = bench.build_parser()
+    argv = [*TINY, "--kinds", "threads", "--threads", "2"]
+    try:
+        torch.set_num_threads(2)
+        report = bench.run(parser.parse_args(argv), argv)
+        assert torch.get_num_threads() == 2  # restored after the 1-thread blocks
+    finally:
+        torch.set_num_threads(threads)
+    cells = report["results"]
+    assert [(c["network"], c["batch"]) for c in cells] == [
+        ("10-46-46-10", 128), ("784-256-256-10 cross-entropy", 256), ("8-8-8-8", 4)]
+    for cell in cells:
+        assert set(cell["times"]) == {"torch fused 1 thread", "torch fused 2 threads",
+                                      "torchext 1 thread", "torchext"}
+        times = {name: t["median_s"] for name, t in cell["times"].items()}
+        assert cell["scaling"]["torchext"] == pytest.approx(
+            times["torchext 1 thread"] / times["torchext"])
+        assert cell["scaling"]["stock"] == pytest.approx(
+            times["torch fused 1 thread"] / times["torch fused 2 threads"])
+    assert "scaling torchext" in format_table(report)
 
 
 def test_a_failing_compile_is_dropped_with_a_note(monkeypatch):
@@ -129,7 +166,7 @@ def test_precision_times_mixed_trainers_against_autocast_and_float32(precision):
     assert report["precision"] == precision
     cells = [(r["kind"], r["network"], r["batch"]) for r in report["results"]]
     assert cells == [("step", "seed 20-30-30-40", 4), ("step", "8-16-4", 4),
-                     ("fit", "seed 20-30-30-40", 4)]
+                     ("step", "784-256-256-10 cross-entropy", 256), ("fit", "seed 20-30-30-40", 4)]
     stock = {"torch foreach", "torch fused", "torch autocast foreach", "torch autocast fused"}
     for cell in report["results"]:
         assert set(cell["times"]) == stock | {"torchext"}

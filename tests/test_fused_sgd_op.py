@@ -4,7 +4,7 @@ The reference is torch.optim.SGD's default path (torch.optim.sgd._single_tensor_
 _multi_tensor_sgd on CUDA) applied to clones in the same test; float16/bfloat16 must match it bit
 for bit. Also: opcheck, every bad call (a clear error and
 untouched tensors), GradScaler's grad_scale/found_inf, non-contiguous and zero-size tensors,
-reduced precision; the direct binding against torch.ops; the portable CPU spans.
+reduced precision; the direct binding against torch.ops; each ISA build of the CPU spans.
 """
 
 import os
@@ -343,10 +343,11 @@ def test_direct_binding_matches_torch_ops():
         assert torch.equal(a, b)
 
 
-def test_portable_cpu_kernel(tmp_path):
-    # ATEN_CPU_CAPABILITY=default makes the CPU kernel use its portable spans instead of the
-    # AVX2+FMA ones, as it makes torch use its default kernels: run the parity tests that way.
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_every_cpu_kernel_build(tmp_path, capability):
+    # ATEN_CPU_CAPABILITY makes the CPU kernel use its portable (default) or AVX2 spans instead of
+    # the best the CPU has (AVX-512 here), as it makes torch use its own: run the parity tests so.
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
     tests = "matches_torch or reduced_precision or chunks or non_contiguous or grad_scale"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", tests],

@@ -13,12 +13,15 @@ import torch
 import torchext
 
 
-def _groups():
+def _groups(second_dtype=torch.float64):
+    # second_dtype float64: the second group needs two fused calls (the step is planned in Python
+    # and its calls checked together in C++); float32: one call per group (the whole step is read,
+    # checked and made in one C++ call, _C.sgd_step_).
     gen = torch.Generator().manual_seed(0)
     first = [torch.randn(3, 4, generator=gen, requires_grad=True),
              torch.randn(5, generator=gen, requires_grad=True)]
     second = [torch.randn(2, 2, generator=gen, requires_grad=True),
-              torch.randn(6, generator=gen, dtype=torch.float64).requires_grad_()]
+              torch.randn(6, generator=gen, dtype=second_dtype).requires_grad_()]
     for p in first + second:
         p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
     return first, second
@@ -76,11 +79,12 @@ SPOILERS = {
 }
 
 
+@pytest.mark.parametrize("second_dtype", [torch.float64, torch.float32], ids=["two_calls", "one"])
 @pytest.mark.parametrize("first_step_done", [False, True], ids=["first_step", "later_step"])
 @pytest.mark.parametrize("spoiler", list(SPOILERS))
-def test_bad_second_group_changes_nothing_anywhere(spoiler, first_step_done):
+def test_bad_second_group_changes_nothing_anywhere(spoiler, first_step_done, second_dtype):
     spoil, match = SPOILERS[spoiler]
-    first, second = _groups()
+    first, second = _groups(second_dtype)
     opt = torchext.optim.SGD(
         [{"params": first}, {"params": second, "lr": 0.05}], lr=0.1, momentum=0.9
     )
@@ -152,3 +156,63 @@ def test_grad_scaler_bit_identical_to_stock(init_scale):
         runs.append(list(model.parameters()))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+def _two_groups_of_one_dtype(momentum=0.9, cls=torchext.optim.SGD):
+    first, second = _groups(torch.float32)
+    return first + second, cls(
+        [{"params": first}, {"params": second, "lr": 0.05, "nesterov": True, "weight_decay": 0.1}],
+        lr=0.1, momentum=momentum)
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.0])
+def test_a_plain_multi_group_step_is_one_cpp_call(momentum):
+    # Plain groups of one dtype each: _C.sgd_step_ takes the whole step (returns True), stepping
+    # every group as torch.optim.SGD does, bit for bit, and storing the buffers it creates.
+    params, opt = _two_groups_of_one_dtype(momentum)
+    stock_params, stock = _two_groups_of_one_dtype(momentum, torch.optim.SGD)
+    for step in range(3):
+        for p, q in zip(params, stock_params):
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
+            q.grad = p.grad.clone()
+        assert torchext._C.sgd_step_(opt.param_groups, opt.state) is True
+        stock.step()
+    for p, q in zip(params, stock_params):
+        assert torch.equal(p, q)
+        assert ("momentum_buffer" in opt.state[p]) == (momentum != 0)
+        if momentum:
+            assert torch.equal(opt.state[p]["momentum_buffer"], stock.state[q]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("bad", ["grad_shape", "buffer_dtype"])
+def test_the_cpp_step_declines_a_bad_later_group_before_any_write(bad):
+    params, opt = _two_groups_of_one_dtype()
+    for p in params:
+        p.grad = torch.ones_like(p)
+    if bad == "grad_shape":
+        params[2].grad.data = torch.randn(5)
+    else:
+        opt.step()  # buffers exist
+        opt.state[params[2]]["momentum_buffer"] = torch.zeros(2, 2, dtype=torch.float64)
+    before = [p.detach().clone() for p in params]
+    buffers = {p: s["momentum_buffer"].clone() for p, s in opt.state.items()}
+    assert torchext._C.sgd_step_(opt.param_groups, opt.state) is False  # declined, for the plan
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert set(opt.state) == set(buffers)
+    assert all(torch.equal(opt.state[p]["momentum_buffer"], b) for p, b in buffers.items())
+
+
+def test_the_cpp_step_declines_what_the_python_plan_decides():
+    # A tensor lr, several dtypes in one group: False, and nothing changed.
+    params, opt = _two_groups_of_one_dtype()
+    for p in params:
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in params]
+    opt.param_groups[1]["lr"] = torch.tensor(0.05)
+    assert torchext._C.sgd_step_(opt.param_groups, opt.state) is False
+    opt.param_groups[1]["lr"] = 0.05
+    params[3].data = params[3].data.double()
+    params[3].grad = torch.ones_like(params[3])
+    assert torchext._C.sgd_step_(opt.param_groups, opt.state) is False
+    assert all(torch.equal(p.detach().to(b.dtype), b) for p, b in zip(params, before))
+    assert not opt.state

@@ -1,8 +1,9 @@
 """torchext.Trainer against the stock PyTorch training loop, computed in the same test.
 
 Stock loop: ``optimizer.zero_grad(); loss_fn(model(x), y).backward(); optimizer.step()``
-on a deep copy. Backends: the fused CPU core, the ATen reference step (the code
-CUDA runs) on the CPU, CUDA when present, and the eager fallback.
+on a deep copy. Backends: the fused CPU core (in the ISA build the CPU picks, and in each other
+build it runs: ``core-AVX2``, ``core-DEFAULT``), the ATen reference step (the code CUDA runs) on
+the CPU, CUDA when present, and the eager fallback.
 """
 
 import copy
@@ -10,10 +11,12 @@ import itertools
 
 import pytest
 import torch
+from cpu_isa_support import SUPPORTED_ISAS
 from torch import nn
 from trainer_support import stock_step
 
 import torchext
+from torchext import _C
 from torchext.nn import MLP
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
@@ -26,7 +29,15 @@ SGD_OPTIONS = [
     dict(lr=2e-2, momentum=0.5, dampening=0.3, maximize=False),
     dict(lr=1e-2, momentum=0.9, weight_decay=1e-3, maximize=True),
 ]
-BACKENDS = ["core", "reference"] + (["cuda"] if torch.cuda.is_available() else [])
+OTHER_CPU_BUILDS = [f"core-{isa}" for isa in SUPPORTED_ISAS if isa != _C.cpu_capability()]
+BACKENDS = ["core", *OTHER_CPU_BUILDS, "reference"]
+BACKENDS += ["cuda"] if torch.cuda.is_available() else []
+
+
+@pytest.fixture(autouse=True)
+def _default_cpu_build():
+    yield
+    _C._set_cpu_capability(None)  # undo a core-ISA backend's pin
 
 
 def make_data(loss, n, sizes, dtype, device, seed=1):
@@ -40,6 +51,8 @@ def make_data(loss, n, sizes, dtype, device, seed=1):
 
 
 def make_trainer(model, opt, loss, backend):
+    if backend.startswith("core-"):
+        _C._set_cpu_capability(backend.removeprefix("core-"))
     trainer = torchext.Trainer(model, opt, loss)
     if backend == "reference":
         trainer._core.use_reference_kernels(True)

@@ -15,6 +15,7 @@
 #include <torchext/version.h>
 
 #include "bindings.h"
+#include "cpu/dispatch.h"
 
 #include <torch/csrc/utils/pybind.h>
 
@@ -36,6 +37,23 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("input"), py::arg("weight"), py::arg("bias") = py::none(),
       py::call_guard<py::gil_scoped_release>(), "torch.ops.torchext.linear, bound directly");
+
+  m.def(
+      "cpu_capability", [] { return torchext::cpu::isa_name(torchext::cpu::cpu_isa()); },
+      "The ISA build of torchext's CPU kernels in use: AVX512, AVX2 or DEFAULT");
+  m.def(
+      "_set_cpu_capability",
+      [](const std::optional<std::string>& name) {
+        using torchext::cpu::Isa;
+        if (!name.has_value()) return torchext::cpu::reset_cpu_isa();
+        for (const Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+          if (*name == torchext::cpu::isa_name(isa)) return torchext::cpu::set_cpu_isa(isa);
+        }
+        throw py::value_error("unknown CPU capability '" + *name +
+                              "'; expected DEFAULT, AVX2, AVX512 or None");
+      },
+      py::arg("name"),
+      "Pins the ISA build of torchext's CPU kernels (tests, benchmarks); None: the default");
 
   bind_trainer(m);
   bind_optim(m);

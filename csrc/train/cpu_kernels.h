@@ -1,9 +1,9 @@
 // Fused CPU kernels of the training-loop core, over raw row-major buffers.
 //
 // Each function is one pass over its data: bias + activation after a GEMM;
-// loss value + loss gradient; activation gradient + bias gradient. The GEMMs go
-// straight to the BLAS torch links (MKL/OpenBLAS), skipping the per-call tensor
-// bookkeeping that dominates small layers.
+// loss value + loss gradient; activation gradient + bias gradient; each in the
+// AVX-512, AVX2 or portable build cpu_isa() picks. The GEMMs, and the passes
+// they absorb for small layers, are in cpu_gemm.h.
 // Legend: B batch rows, I in features, O out features (row-major [B, O] etc.).
 #pragma once
 
@@ -12,11 +12,6 @@
 #include <cstdint>
 
 namespace torchext::train::cpu {
-
-// C[m, n] = op(A)[m, k] · op(B)[k, n] (+ C if accumulate), row-major.
-template <typename T>
-void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const T* a,
-          int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc);
 
 // z[B, O] += bias (if non-null); out = act(z). `out` may alias `z` except for
 // GELU, whose backward needs z.

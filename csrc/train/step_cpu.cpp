@@ -1,10 +1,14 @@
 // The training step on the CPU: fused kernels over the workspaces' raw buffers.
 //
-// forward:  z_l = a_{l-1} · W_lᵀ (BLAS), then bias + activation in one pass
+// forward:  a_l = act(a_{l-1} · W_lᵀ + b_l): one GEMM, bias and activation in
+//           its epilogue (small layers) or in one pass after it
 // loss:     value and dL/da_L in one pass
-// backward: dL/dz_l and the bias gradient in one pass, then
-//           dW_l = dL/dz_lᵀ · a_{l-1} and dL/da_{l-1} = dL/dz_l · W_l (BLAS)
-// No tensor is allocated: everything lives in the Workspace.
+// backward: dL/dz_L and the bias gradient in one pass; then per layer
+//           dW_l = dL/dz_lᵀ · a_{l-1}, and dL/da_{l-1} = dL/dz_l · W_l with the
+//           derivative of layer l-1's activation in its epilogue (small
+//           layers; else in the next pass), which also sums the bias gradient
+// No tensor is allocated: everything lives in the Workspace (cpu_gemm.h).
+#include "train/cpu_gemm.h"
 #include "train/cpu_kernels.h"
 #include "train/model.h"
 
@@ -25,8 +29,8 @@ const T* forward_layers(const Model& model, Workspace& ws, const T* x, int64_t r
     const int64_t out = model.width(l);
     T* a = ptr<T>(ws.out[l]);
     T* z = ws.pre[l].defined() ? ptr<T>(ws.pre[l]) : a;
-    cpu::gemm<T>(false, true, rows, out, in, input, in, ptr<T>(layer.weight), in, z, out);
-    cpu::bias_activation<T>(z, ptr<T>(layer.bias), rows, out, layer.activation, a);
+    cpu::dense_forward<T>(input, rows, in, ptr<T>(layer.weight), out, ptr<T>(layer.bias),
+                          layer.activation, z, a);
     input = a;
     in = out;
   }
@@ -51,6 +55,7 @@ void forward_backward(const Model& model, Workspace& ws, const at::Tensor& x, co
   // Down to the lowest layer with a trainable parameter; frozen parameters get
   // no gradient (the gradient still flows through their layers).
   const size_t stop = model.first_trained_layer();
+  bool derivative_applied = false;  // ws.grad[l] already holds dL/dz_l
   for (size_t l = depth; l-- > stop;) {
     const DenseLayer& layer = model.layers[l];
     const int64_t out = model.width(l), in = layer.weight.size(1);
@@ -59,16 +64,21 @@ void forward_backward(const Model& model, Workspace& ws, const at::Tensor& x, co
     const T* z = ws.pre[l].defined() ? ptr<T>(ws.pre[l]) : a;
     T* bias_grad =
         model.trains(model.bias_param[l]) ? ptr<T>(ws.param_grads[model.bias_param[l]]) : nullptr;
-    cpu::activation_backward<T>(grad, z, a, rows, out, layer.activation, bias_grad);
-
-    if (model.trains(model.weight_param[l])) {
-      const T* input = l == 0 ? ptr<T>(x) : ptr<T>(ws.out[l - 1]);
-      T* weight_grad = ptr<T>(ws.param_grads[model.weight_param[l]]);
-      cpu::gemm<T>(true, false, out, in, rows, grad, out, input, in, weight_grad, in);
+    const Activation still_to_apply = derivative_applied ? Activation::Identity : layer.activation;
+    if (still_to_apply != Activation::Identity || bias_grad != nullptr) {
+      cpu::activation_backward<T>(grad, z, a, rows, out, still_to_apply, bias_grad);
     }
+
+    const T* input = l == 0 ? ptr<T>(x) : ptr<T>(ws.out[l - 1]);
+    if (model.trains(model.weight_param[l])) {
+      T* weight_grad = ptr<T>(ws.param_grads[model.weight_param[l]]);
+      cpu::weight_gradient<T>(grad, rows, out, input, in, weight_grad);
+    }
+    derivative_applied = false;
     if (l > stop) {
-      cpu::gemm<T>(false, false, rows, in, out, grad, out, ptr<T>(layer.weight), in,
-                   ptr<T>(ws.grad[l - 1]), in);
+      derivative_applied =
+          cpu::input_gradient<T>(grad, rows, out, ptr<T>(layer.weight), in, ptr<T>(ws.grad[l - 1]),
+                                 model.layers[l - 1].activation, input);
     }
   }
 }

@@ -8,7 +8,7 @@
 // backward: dL/dz_l = R(act'(R(dL/da_l))) and the bias gradient R(Σ dL/dz_l) in
 //           one pass, then dW_l = dL/dz_lᵀ · a_{l-1} and dL/da_{l-1} = dL/dz_l · W_l
 //           (BLAS); dW_l is rounded by the update, dL/da_{l-1} by the next pass.
-#include "train/cpu_kernels.h"
+#include "train/cpu_gemm.h"
 #include "train/mixed_kernels.h"
 #include "train/mixed_step.h"
 

@@ -3,10 +3,13 @@
 A step touches several parameter groups, and within a group one ``torchext.fused_sgd_`` call per
 (device, dtype) bucket. Each call checks its own arguments before it writes, but a bad gradient
 in a later call would be found after earlier calls had written. So :func:`plan` first walks every
-group — hyper-parameters, momentum buffers, the ``fused=True`` conditions and, when the step makes
-more than one call, every gradient's and buffer's shape, dtype, device and layout — and raises,
-with the group and parameter named, before anything is written; :meth:`StepPlan.run` then makes
-the calls and stores new momentum buffers last.
+group — hyper-parameters, momentum buffers, the ``fused=True`` conditions — and raises, with the
+group and parameter named, before anything is written; :meth:`StepPlan.run` then makes the calls
+and stores new momentum buffers last. A step of several calls hands them to C++ together
+(``_C.fused_sgd_calls_``), which checks every tensor of every call before the first writes; if it
+refuses, :meth:`StepPlan.check` names the group and parameter. Where Python-level dispatch must
+see the calls (``torch.compile``, tensor subclasses), they are made one by one, after the same
+checks in Python.
 
 Parameters that torch must step itself are handed to torch's own implementation
 (``torch.optim.sgd.sgd``), so their numbers are torch's by construction: parameters with a sparse
@@ -25,13 +28,14 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer, _device_dtype_check_for_fused
 from torch.optim.sgd import sgd as torch_sgd
 
-from . import ops
+from . import _C, ops
 
 _SUPPORTED_DTYPES = (
     torch.float32, torch.float64, torch.float16, torch.bfloat16,
     torch.complex64, torch.complex128, torch.complex32,
 )
 _REDUCED = {torch.float16: "Half", torch.bfloat16: "BFloat16"}
+_has_torch_function = torch._C._has_torch_function
 
 
 def _where(group_index: int, param_index: int | None = None) -> str:
@@ -135,6 +139,7 @@ class StepPlan:
     fused: list
     torch: list
     scaled: bool
+    batched: bool = False  # the fused calls go to C++ together (checked there first)
 
     def check(self) -> None:
         """Raises, naming the parameter, for anything the fused op would refuse."""
@@ -154,11 +159,23 @@ class StepPlan:
                 new_buffers += list(zip(work.params, work.buffers))
         moved: dict[str, dict[torch.device, Tensor]] = {}
         try:
-            for work in self.fused:
-                new_buffers += _run_fused(work, grad_scale, found_inf, moved)
+            if self.batched:
+                calls = []
+                for work in self.fused:
+                    new_buffers += _fused_calls(work, grad_scale, found_inf, moved, calls)
+                _C.fused_sgd_calls_(calls)
+            else:
+                for work in self.fused:
+                    calls = []
+                    new_buffers += _fused_calls(work, grad_scale, found_inf, moved, calls)
+                    for call in calls:
+                        ops.fused_sgd_(*call[:4], lr=call[4], momentum=call[5],
+                                       dampening=call[6], weight_decay=call[7],
+                                       nesterov=call[8], maximize=call[9],
+                                       grad_scale=call[10], found_inf=call[11])
         except RuntimeError:
-            # A kernel refused its call before writing (with several calls, check() ran before
-            # the first): name the parameter if the step's checks can, else the kernel's words.
+            # A kernel refused its call before writing (with several calls, none has written):
+            # name the parameter if the step's checks can, else the kernel's words.
             self.check()
             raise
         # Only now, after every call was accepted, do buffers enter the state.
@@ -220,8 +237,21 @@ def plan(optimizer: Optimizer, scaled: bool) -> StepPlan:
     step = StepPlan(optimizer.state, fused_work, torch_work, scaled)
     calls = len(torch_work) + sum(len(work.kinds) for work in fused_work)
     if calls > 1 and not torch.compiler.is_compiling():  # the kernels check again when traced
-        step.check()
+        if torch_work or not _direct(fused_work):
+            step.check()
+        else:
+            step.batched = True
     return step
+
+
+def _direct(fused_work: list) -> bool:
+    """Whether no Python-level dispatch has to see the fused calls (see ops.fused_sgd_)."""
+    return not any(
+        _has_torch_function(work.params) or _has_torch_function(work.grads)
+        or _has_torch_function([b for b in work.buffers if b is not None])
+        or _has_torch_function([work.hyper.lr] if isinstance(work.hyper.lr, Tensor) else [])
+        for work in fused_work
+    )
 
 
 def _check_torch_stepped(p, g, hyper, fused, differentiable, where):
@@ -279,8 +309,9 @@ def _select(items: list, indices) -> list:
     return items if len(indices) == len(items) else [items[i] for i in indices]
 
 
-def _run_fused(work: _FusedGroup, grad_scale, found_inf, moved) -> list:
-    """Steps one group with one fused call per (device, dtype) bucket; returns new buffers."""
+def _fused_calls(work: _FusedGroup, grad_scale, found_inf, moved, calls: list) -> list:
+    """Appends one group's fused_sgd_ calls (one per (device, dtype) bucket, as tuples of the
+    op's positional arguments) to ``calls``; returns the buffers they create."""
     hyper, params, grads = work.hyper, work.params, work.grads
     with_momentum = hyper.momentum != 0
     is_first_step = [b is None for b in work.buffers] if with_momentum else []
@@ -301,20 +332,20 @@ def _run_fused(work: _FusedGroup, grad_scale, found_inf, moved) -> list:
         lr = hyper.lr
         if isinstance(lr, Tensor) and lr.device != device and lr.device.type != "cpu":
             lr = _per_device(lr, moved, "lr", device)
-        ops.fused_sgd_(
+        calls.append((
             tensors[0],
             tensors[1],
             tensors[2] if with_momentum else [],
             _select(is_first_step, indices) if with_momentum else [],
-            lr=lr,
-            momentum=hyper.momentum,
-            dampening=hyper.dampening,
-            weight_decay=hyper.weight_decay,
-            nesterov=hyper.nesterov,
-            maximize=hyper.maximize,
-            grad_scale=_per_device(grad_scale, moved, "grad_scale", device),
-            found_inf=_per_device(found_inf, moved, "found_inf", device),
-        )
+            lr,
+            hyper.momentum,
+            hyper.dampening,
+            hyper.weight_decay,
+            hyper.nesterov,
+            hyper.maximize,
+            _per_device(grad_scale, moved, "grad_scale", device),
+            _per_device(found_inf, moved, "found_inf", device),
+        ))
     return [(p, b) for p, b, first in zip(params, buffers, is_first_step) if first]
 
 

@@ -8,7 +8,12 @@ and batch sizes:
           foreach=True and with fused=True, against torchext.optim.SGD
   step    one whole training step (zero_grad, forward, MSE loss, backward, SGD step): the stock
           loop with foreach and with fused SGD, torch.compile of the model, and on CUDA the
-          stock step captured as one CUDA graph; against torchext.Trainer.step
+          stock step captured as one CUDA graph; against torchext.Trainer.step; plus an
+          MNIST-sized 784-256-256-10 network with cross-entropy at batch 256
+  threads one training step at 1 thread and at torch's thread count (CPU only), on the
+          10-46-46-10 MLP at batch 128 (a known PyTorch thread cliff), the 784-256-256-10
+          cross-entropy network at batch 256 and the widest network at the last batch size:
+          stock (fused SGD) and torchext; scaling = time at 1 thread / time at N threads
   fit     one epoch of 32 steps on the seed network, at the first batch size: the stock loop
           (foreach and fused SGD) against Trainer.fit
   ddp     one data-parallel training step on 1 and 2 processes (one thread each, gloo, CPU
@@ -24,7 +29,10 @@ block; blocks alternate between contenders (the starting contender rotates every
 drift in machine load hits all alike. A cell reports each contender's median seconds per call,
 its spread ((max - min) / median over rounds), and ratio = best stock median / torchext median
 (> 1: torchext is faster). CUDA timings use CUDA events. The machine, torch's thread count and
-the load average before and after are recorded with the results.
+the load average before and after are recorded with the results. A roofline column gives
+torchext's achieved GFLOP/s (GEMM arithmetic) or GB/s (SGD's memory traffic) against peaks the
+bench measures first on the machine itself, a large-GEMM probe and a copy probe
+(``torchext.bench_probes``).
 """
 
 import argparse
@@ -46,6 +54,7 @@ import torchext
 
 from ._checkpoint import CheckpointError, writable_target
 from ._mixed import PRECISIONS
+from .bench_probes import cell_work, measure_peaks, roofline
 from .bench_report import format_markdown, format_table, save_plot
 from .cli_support import (
     ArgumentParser,
@@ -57,9 +66,11 @@ from .cli_support import (
     real,
 )
 
-KINDS = ("linear", "sgd", "step", "fit", "ddp")
+KINDS = ("linear", "sgd", "step", "fit", "ddp", "threads")
 MIXED_KINDS = ("step", "fit")  # the kinds --precision times
 SEED_SIZES = [20, 30, 30, 40]
+MNIST_SIZES, MNIST_BATCH = [784, 256, 256, 10], 256  # the cross-entropy network of step/threads
+CLIFF_SIZES, CLIFF_BATCH = [10, 46, 46, 10], 128  # PyTorch's thread-cliff MLP
 FIT_STEPS = 32  # steps per timed epoch, so that every batch size is timed over the same count
 # Default matrices: widths of the square networks besides the seed network, and batch sizes.
 WIDTHS = {("cpu", True): [256], ("cpu", False): [256, 1024],
@@ -170,12 +181,17 @@ def _stock_pair(sizes, device, dtype):
     return stock, mine
 
 
-def _stock_step(model, optimizer, x, y, precision=None, scaler=None):
+_LOSS_FUNCTIONS = {"mse": torch.nn.functional.mse_loss,
+                   "cross_entropy": torch.nn.functional.cross_entropy}
+
+
+def _stock_step(model, optimizer, x, y, loss="mse", precision=None, scaler=None):
     """The stock step; with a precision under torch.autocast, and with `scaler` (16-mixed)."""
+    loss_fn = _LOSS_FUNCTIONS[loss]
     if precision is None:
         def step():
             optimizer.zero_grad()
-            torch.nn.functional.mse_loss(model(x), y).backward()
+            loss_fn(model(x), y).backward()
             optimizer.step()
         return step
     device_type = x.device.type
@@ -183,12 +199,12 @@ def _stock_step(model, optimizer, x, y, precision=None, scaler=None):
     def mixed_step():
         optimizer.zero_grad()
         with torch.autocast(device_type, dtype=PRECISIONS[precision]):
-            loss = torch.nn.functional.mse_loss(model(x), y)
+            value = loss_fn(model(x), y)
         if scaler is None:
-            loss.backward()
+            value.backward()
             optimizer.step()
         else:
-            scaler.scale(loss).backward()
+            scaler.scale(value).backward()
             scaler.step(optimizer)
             scaler.update()
     return mixed_step
@@ -196,6 +212,14 @@ def _stock_step(model, optimizer, x, y, precision=None, scaler=None):
 
 def _stock_scaler(precision, device):
     return torch.amp.GradScaler(torch.device(device).type) if precision == "16-mixed" else None
+
+
+def _step_data(sizes, batch, device, dtype, loss):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, sizes[0], generator=gen, dtype=dtype).to(device)
+    if loss == "mse":
+        return x, torch.randn(batch, sizes[-1], generator=gen, dtype=dtype).to(device)
+    return x, torch.randint(0, sizes[-1], (batch,), generator=gen).to(device)
 
 
 def _cuda_graph_step(model, optimizer, x, y):
@@ -217,11 +241,10 @@ def _cuda_graph_step(model, optimizer, x, y):
     return graph.replay
 
 
-def _step_contenders(sizes, batch, device, dtype, compile_, notes, precision=None):
+def _step_contenders(sizes, batch, device, dtype, compile_, notes, loss="mse",
+                     precision=None):
     stock, mine = _stock_pair(sizes, device, dtype)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, sizes[0], generator=gen, dtype=dtype).to(device)
-    y = torch.randn(batch, sizes[-1], generator=gen, dtype=dtype).to(device)
+    x, y = _step_data(sizes, batch, device, dtype, loss)
     kw = {"lr": LR, "momentum": MOMENTUM}
     contenders = {}
     for mixed in (None, precision) if precision else (None,):
@@ -229,13 +252,13 @@ def _step_contenders(sizes, batch, device, dtype, compile_, notes, precision=Non
         for variant in ("foreach", "fused"):
             model = copy.deepcopy(stock)
             optimizer = torch.optim.SGD(model.parameters(), **{variant: True}, **kw)
-            contenders[f"{prefix} {variant}"] = _stock_step(model, optimizer, x, y, mixed,
+            contenders[f"{prefix} {variant}"] = _stock_step(model, optimizer, x, y, loss, mixed,
                                                             _stock_scaler(mixed, device))
     if compile_:
         model = copy.deepcopy(stock)
         optimizer = torch.optim.SGD(model.parameters(), fused=True, **kw)
         name = "torch autocast compile" if precision else "torch compile"
-        contenders[name] = _stock_step(torch.compile(model, dynamic=False), optimizer, x, y,
+        contenders[name] = _stock_step(torch.compile(model, dynamic=False), optimizer, x, y, loss,
                                        precision, _stock_scaler(precision, device))
     if device.startswith("cuda") and precision:
         notes.append("the stock step as one CUDA graph is left out with --precision (GradScaler "
@@ -247,10 +270,46 @@ def _step_contenders(sizes, batch, device, dtype, compile_, notes, precision=Non
             contenders["torch cuda graph"] = _cuda_graph_step(model, optimizer, x, y)
         except Exception as exc:  # noqa: BLE001 - capture support varies with torch and driver
             notes.append(f"cuda graph skipped for {sizes} b{batch}: {_first_line(exc)}")
-    trainer = torchext.Trainer(mine, torchext.optim.SGD(mine.parameters(), **kw), "mse",
+    trainer = torchext.Trainer(mine, torchext.optim.SGD(mine.parameters(), **kw), loss,
                                precision=precision)
     contenders["torchext"] = lambda: trainer.step(x, y)
     return contenders
+
+
+def _on_threads(fn, threads):
+    fn.threads = threads  # read by ThreadsTimer
+    return fn
+
+
+class ThreadsTimer(Timer):
+    """Timer that runs each block on the contender's own number of torch threads."""
+
+    def __call__(self, fn, iters):
+        torch.set_num_threads(fn.threads)
+        return super().__call__(fn, iters)
+
+
+def _threads_contenders(sizes, batch, device, dtype, loss, threads):
+    """Stock (fused SGD) and torchext steps, each at 1 thread and at ``threads``."""
+    stock, mine = _stock_pair(sizes, device, dtype)
+    x, y = _step_data(sizes, batch, device, dtype, loss)
+    kw = {"lr": LR, "momentum": MOMENTUM}
+    contenders = {}
+    for n in (1, threads):
+        model = copy.deepcopy(stock)
+        optimizer = torch.optim.SGD(model.parameters(), fused=True, **kw)
+        contenders[f"torch fused {_threads_name(n)}"] = _on_threads(
+            _stock_step(model, optimizer, x, y, loss), n)
+    for n in (1, threads):
+        model = copy.deepcopy(mine)
+        trainer = torchext.Trainer(model, torchext.optim.SGD(model.parameters(), **kw), loss)
+        name = "torchext" if n == threads else f"torchext {_threads_name(n)}"
+        contenders[name] = _on_threads(lambda trainer=trainer: trainer.step(x, y), n)
+    return contenders
+
+
+def _threads_name(n):
+    return f"{n} thread{'s' if n != 1 else ''}"
 
 
 def _fit_contenders(sizes, batch, device, dtype, precision=None):
@@ -271,7 +330,7 @@ def _fit_contenders(sizes, batch, device, dtype, precision=None):
             order = torch.randperm(samples, generator=order_gen).to(device)
             for start in range(0, samples, batch):
                 index = order[start:start + batch]
-                _stock_step(model, optimizer, x[index], y[index], mixed, scaler)()
+                _stock_step(model, optimizer, x[index], y[index], "mse", mixed, scaler)()
         return epoch
 
     contenders = {}
@@ -290,23 +349,29 @@ def _fit_contenders(sizes, batch, device, dtype, precision=None):
 # ---------------------------------------------------------------------------- the matrix
 
 def cells(kinds, widths, batches, extra_networks=()):
-    """(kind, sizes, batch) of every cell; sgd cells do not depend on the batch."""
+    """(kind, sizes, batch, loss) of every cell; sgd cells do not depend on the batch."""
     networks = [SEED_SIZES] + [[w] * 4 for w in widths] + [list(n) for n in extra_networks]
     out = []
     for kind in kinds:
         if kind == "ddp":
             continue  # run by bench_ddp, in processes of its own
         if kind == "fit":
-            out.append((kind, SEED_SIZES, batches[0]))
+            out.append((kind, SEED_SIZES, batches[0], "mse"))
         elif kind == "sgd":
-            out += [(kind, sizes, None) for sizes in networks]
+            out += [(kind, sizes, None, "mse") for sizes in networks]
+        elif kind == "threads":
+            out += [(kind, CLIFF_SIZES, CLIFF_BATCH, "mse"),
+                    (kind, MNIST_SIZES, MNIST_BATCH, "cross_entropy"),
+                    (kind, networks[-1], batches[-1], "mse")]
         else:
-            out += [(kind, sizes, b) for sizes in networks for b in batches]
+            out += [(kind, sizes, b, "mse") for sizes in networks for b in batches]
+            if kind == "step":
+                out.append((kind, MNIST_SIZES, MNIST_BATCH, "cross_entropy"))
     return out
 
 
-def run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s, notes,
-             precision=None):
+def run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s, notes, loss="mse",
+             peaks=None, precision=None):
     if compile_:
         # Dynamo caches per code object (one Sequential.forward for every network) and stops
         # compiling after a few recompiles; a reset gives each cell its own compiled code.
@@ -316,7 +381,11 @@ def run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s, notes
     elif kind == "sgd":
         contenders = _sgd_contenders(sizes, device, dtype)
     elif kind == "step":
-        contenders = _step_contenders(sizes, batch, device, dtype, compile_, notes, precision)
+        contenders = _step_contenders(sizes, batch, device, dtype, compile_, notes, loss,
+                                      precision)
+    elif kind == "threads":
+        threads = torch.get_num_threads()
+        contenders = _threads_contenders(sizes, batch, device, dtype, loss, threads)
     else:
         contenders = _fit_contenders(sizes, batch, device, dtype, precision)
     for name in ("torch compile", "torch autocast compile"):
@@ -329,26 +398,44 @@ def run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s, notes
             notes.append(f"torch.compile skipped for {kind} {sizes} b{batch}: "
                          f"{_first_line(exc)}")
             del contenders[name]
-    times = measure(contenders, Timer(device), rounds, block_s)
-    layer = sizes[:2] if kind == "linear" else sizes
-    params = sum(o * i + o for i, o in itertools.pairwise(layer))
-    cell = {"kind": kind, "network": _network_name(layer), "sizes": layer, "batch": batch,
-            "params": params, "times": times}
+    if kind == "threads":
+        try:
+            times = measure(contenders, ThreadsTimer(device), rounds, block_s)
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        times = measure(contenders, Timer(device), rounds, block_s)
     mine = times["torchext"]["median_s"]
-    stock = {name: t["median_s"] for name, t in times.items() if name != "torchext"}
+    stock = {name: t["median_s"] for name, t in times.items() if not name.startswith("torchext")}
     # With a precision: like against like (the autocast loops), and against float32 too.
     mixed = {name: t for name, t in stock.items() if name.startswith("torch autocast")}
     best = min(mixed or stock, key=(mixed or stock).get)
-    cell.update(best_stock=best, ratio=stock[best] / mine)
+    layer = sizes[:2] if kind == "linear" else sizes
+    params = sum(o * i + o for i, o in itertools.pairwise(layer))
+    cell = {"kind": kind, "network": _network_name(layer, loss), "sizes": layer, "batch": batch,
+            "loss": loss, "params": params, "times": times, "best_stock": best,
+            "ratio": stock[best] / mine}
     if mixed:
         fp32 = {name: t for name, t in stock.items() if name not in mixed}
         best_fp32 = min(fp32, key=fp32.get)
         cell.update(best_stock_fp32=best_fp32, ratio_fp32=stock[best_fp32] / mine)
+    if kind == "threads":
+        one, many = _threads_name(1), _threads_name(threads)
+        cell["threads"] = threads
+        cell["scaling"] = {
+            "torchext": times[f"torchext {one}"]["median_s"] / times["torchext"]["median_s"],
+            "stock": times[f"torch fused {one}"]["median_s"]
+            / times[f"torch fused {many}"]["median_s"]}
+    work = cell_work(kind, layer, batch, dtype, FIT_STEPS if kind == "fit" else 1)
+    if peaks is not None and work is not None:
+        cell["roofline"] = roofline(work, times["torchext"]["median_s"], peaks)
     return cell
 
 
-def _network_name(sizes):
+def _network_name(sizes, loss="mse"):
     name = "-".join(map(str, sizes))
+    if loss != "mse":
+        name += f" {loss.replace('_', '-')}"
     return f"seed {name}" if sizes in (SEED_SIZES, SEED_SIZES[:2]) else name
 
 
@@ -467,15 +554,19 @@ def run(args, argv):
         notes.append(f"load average {load_before[0]} exceeds the {cores} cores and torch uses "
                      f"{threads} threads: timings are unreliable; --threads 1 is steadier")
     kinds = args.kinds or list(MIXED_KINDS if args.precision else KINDS)
+    if "threads" in kinds and (device.startswith("cuda") or torch.get_num_threads() < 2):
+        notes.append("threads left out: it compares 1 thread with several on the CPU")
+        kinds = [k for k in kinds if k != "threads"]
+    peaks = measure_peaks(device, dtype)
     todo = cells(kinds, widths, batches, args.networks or ())
     results = []
     bar = progress_bar(len(todo), label="bench", when="auto")
     try:
-        for i, (kind, sizes, batch) in enumerate(todo):
+        for i, (kind, sizes, batch, loss) in enumerate(todo):
             if bar is not None:
                 bar.update(i, f"{kind} {'-'.join(map(str, sizes))} b{batch}")
             results.append(run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s,
-                                    notes, args.precision))
+                                    notes, loss, peaks, args.precision))
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
     finally:
@@ -496,7 +587,7 @@ def run(args, argv):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device, "dtype": args.dtype, "precision": args.precision,
         "machine": machine(device),
-        "load_average": {"before": load_before, "after": _load_average()},
+        "load_average": {"before": load_before, "after": _load_average()}, "peaks": peaks,
         "settings": {"quick": args.quick, "rounds": rounds, "block_s": block_s,
                      "compile": compile_, "lr": LR, "momentum": MOMENTUM},
         "notes": notes, "results": results,

@@ -11,18 +11,28 @@ TITLES = {
     "fit": "One epoch (32 steps) of Trainer.fit against the stock loop",
     "ddp": ("Data-parallel training step per process (gloo, one thread each, batch per "
             "process): stock DDP against Trainer(process_group=...)"),
+    "threads": ("Training step at 1 thread and at N threads (scaling = time at 1 / time at N: "
+                "below 1, more threads are slower)"),
 }
 
 
 def _extra_columns(cell):
     """(header, value) of the columns only some kinds have."""
-    if "processes" not in cell:
-        return []
-    best = cell["steps_per_s"][cell["best_stock"]]
-    return [("processes", str(cell["processes"])),
-            ("all-reduce", _time(cell["allreduce_s"])),
-            ("steps/s stock", f"{best:.0f}"),
-            ("steps/s torchext", f"{cell['steps_per_s']['torchext']:.0f}")]
+    columns = []
+    if "processes" in cell:
+        best = cell["steps_per_s"][cell["best_stock"]]
+        columns += [("processes", str(cell["processes"])),
+                    ("all-reduce", _time(cell["allreduce_s"])),
+                    ("steps/s stock", f"{best:.0f}"),
+                    ("steps/s torchext", f"{cell['steps_per_s']['torchext']:.0f}")]
+    if "scaling" in cell:
+        columns += [("scaling stock", f"{cell['scaling']['stock']:.2f}"),
+                    ("scaling torchext", f"{cell['scaling']['torchext']:.2f}")]
+    if "roofline" in cell:
+        r = cell["roofline"]
+        columns.append(("torchext roofline", f"{r['achieved']:.1f} {r['unit']} "
+                                             f"({r['of_peak'] * 100:.0f}%)"))
+    return columns
 
 
 def _time(seconds):
@@ -74,11 +84,22 @@ def _header_lines(report):
          f"thread{'s' if m['torch_threads'] != 1 else ''}), torchext {m['torchext']}, "
          f"Python {m['python']}"),
         f"load average (1, 5, 15 min): before {load['before']}, after {load['after']}",
+        *_peaks_line(report),
         (f"{report['dtype']}{mixed} on {report['device']}; each cell: median per call over "
          f"{report['settings']['rounds']} alternating rounds, ± half the spread (max - min) "
          "in % of the median; ratio = best stock / torchext (> 1: torchext faster)"),
     ]
     return lines + [f"note: {note}" for note in report["notes"]]
+
+
+def _peaks_line(report):
+    peaks = report.get("peaks")
+    if peaks is None:
+        return []
+    n, mib = peaks["gemm_n"], peaks["copy_bytes"] / 2**20
+    return [(f"peaks measured here: GEMM {peaks['gemm_flop_s'] / 1e9:.0f} GFLOP/s ({n}x{n} mm), "
+             f"copy {peaks['copy_byte_s'] / 1e9:.1f} GB/s read+write ({mib:.0f} MiB); roofline "
+             "= torchext's GFLOP/s or GB/s (% of that peak)")]
 
 
 def format_table(report):

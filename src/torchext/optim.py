@@ -8,10 +8,12 @@ and momentum buffer once and writes them once, in a single ``torchext.fused_sgd_
 (device, dtype) bucket of each parameter group. How a step is checked and sorted (fused op, or
 torch's own implementation for sparse gradients and ``differentiable=True``) is ``_sgd_step``.
 
-For small models the step is Python overhead, so the hot path is kept short: the op is called
-through its direct binding (see ``ops.fused_sgd_``), a group on one device and dtype skips the
-general grouping, and torch's step wrapper (hooks, profiler range, grad mode) is applied only
-when a hook is registered, a profiler runs or ``torch.compile`` traces the step.
+For small models the step is Python overhead, so the hot path is kept short: a step of the usual
+kind (plain hyper-parameters, dense tensors, one device and dtype per group) is read, checked and
+made by one C++ call (``_C.sgd_step_``), whatever the number of groups; other steps are planned
+in Python (``_sgd_step``) and call the op through its direct binding (see ``ops.fused_sgd_``);
+torch's step wrapper (hooks, profiler range, grad mode) is applied only when a hook is
+registered, a profiler runs or ``torch.compile`` traces the step.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch.optim.optimizer import (
     _use_grad_for_differentiable,
 )
 
-from . import _sgd_step
+from . import _C, _sgd_step
 
 __all__ = ["SGD"]
 
@@ -195,6 +197,17 @@ class SGD(Optimizer):
                 return loss
             found_inf = None
 
+        if (
+            grad_scale is None
+            and found_inf is None
+            and not self.defaults["differentiable"]
+            and not torch.compiler.is_compiling()
+            and not torch._C._is_torch_function_mode_enabled()
+        ):
+            # A step of the usual kind is read, checked and made in one C++ call; it declines
+            # (having done nothing) whatever needs the plan below, which also names problems.
+            if _C.sgd_step_(self.param_groups, self.state):
+                return loss
         plan = _sgd_step.plan(self, scaled=grad_scale is not None or found_inf is not None)
         if found_inf is not None and plan.creates_buffers():
             # A skipped first step must leave no (uninitialised) buffers behind: decide on the

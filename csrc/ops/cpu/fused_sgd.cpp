@@ -1,38 +1,24 @@
 // CPU kernel of torchext::fused_sgd_: one read-modify-write pass over each
 // (param, grad, momentum buffer) triple, in place, with no allocation for dense
 // tensors. Small steps run whole tensors on the calling thread; large ones are
-// split into chunks that torch's intra-op thread count of threads share.
+// split into chunks that torch's intra-op threads share (csrc/cpu/dispatch.h).
 //
-// Where the CPU has AVX2+FMA (and torch runs its AVX2/AVX-512 kernels), the
-// spans of fused_sgd_avx2.cpp (float32/float64) and fused_sgd_avx2_reduced.cpp
-// (float16/bfloat16) run; elsewhere the portable spans below and in
-// fused_sgd_reduced.cpp (at::vec, which in this build is its generic
-// implementation since the extension has no ISA flags).
-//
-// This file is also the reference for csrc/ops/cuda/fused_sgd.cu: `sgd_update`
-// below is the order of operations of torch.optim.SGD (_single_tensor_sgd),
-//   g = grad * (1 / grad_scale)      (only with grad_scale, as GradScaler.unscale_;
-//                                     written back to grad)
-//   g = -g                           (maximize)
-//   g = g + weight_decay * p
-//   buf = g                          (first step: no dampening)
-//   buf = momentum * buf + (1 - dampening) * g   (later steps)
-//   g = g + momentum * buf  (nesterov)   or   g = buf
-//   p = p + (-lr) * g
-// float32/float64 compute in their own precision with the hyper-parameters cast to
-// it (as torch's ops cast `alpha`); float16/bfloat16 round where torch's ops
-// round (fused_sgd_reduced.h), so every dtype matches torch bit for bit.
+// The update is csrc/ops/sgd_math.h's (torch.optim.SGD's order of operations),
+// run by the span functions of the build cpu_isa() picks (csrc/cpu/dispatch.h):
+// AVX-512 or AVX2 (fused_sgd_avx512.cpp, fused_sgd_avx2.cpp), or the portable
+// spans below and in fused_sgd_reduced.cpp. float32/float64 compute in their
+// own precision with the hyper-parameters cast to it (as torch's ops cast
+// `alpha`); float16/bfloat16 round where torch's ops round
+// (fused_sgd_reduced.h), so every dtype matches torch bit for bit: the SIMD
+// builds fuse x + a·y as torch's AVX2/AVX-512 kernels do, the portable spans
+// round the product and the sum as its DEFAULT kernels do
+// (ATEN_CPU_CAPABILITY=default selects both).
 #include "../fused_sgd_checks.h"
 #include "fused_sgd_kernel.h"
 #include "fused_sgd_reduced.h"
-#include "run_in_parallel.h"
 
 #include <ATen/ATen.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/Version.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -41,70 +27,28 @@
 namespace torchext {
 namespace {
 
-using at::vec::Vectorized;
+using cpu::Isa;
+using fused_sgd::Coeffs;
+using fused_sgd::StepArgs;
 
 // Elements per parallel work item: large enough to amortise scheduling, small
 // enough that a few big tensors still split across threads.
 constexpr int64_t kChunk = 32768;
-// Below this many elements in total the step runs on the calling thread.
-constexpr int64_t kParallelMin = 65536;
 
-using fused_sgd::Coeffs;
-using fused_sgd::ReducedCoeffs;
-using fused_sgd::StepArgs;
+// The portable arithmetic of float32/float64: a product and a sum, each rounded
+// (the baseline ISA has no fused multiply-add to contract them into).
+template <typename T>
+struct PlainOps {
+  static T mul(T a, T b) { return a * b; }
+  static T add_scaled(T x, T a, T y) { return x + a * y; }
+  static T neg(T a) { return a * T(-1); }  // exact, as torch's -grad
+};
 
-// The element-wise helpers are forced inline: left to itself the compiler calls
-// them (and at::vec's generic operators) once per vector, several times slower.
-// a * b + c is two roundings here, as in the scalar loops of torch's kernels; its
-// AVX2 kernels fuse it, which can differ in the last bit.
-template <typename V>
-C10_ALWAYS_INLINE V muladd(const V& a, const V& b, const V& c) {
-  return a * b + c;
-}
-// Exact negation (-0 for 0), as torch's -grad.
-template <typename V>
-C10_ALWAYS_INLINE V negate(const V& a) {
-  return a * V(-1);
-}
-
-// The update of one element (V = T) or one vector of elements (V = Vectorized<T>).
-// `g` comes back unscaled (it is stored to grad when c.has_scale).
-template <typename V, typename T>
-C10_ALWAYS_INLINE void sgd_update(V& p, V& g, V& buf, bool first_step, const Coeffs<T>& c) {
-  if (c.has_scale) {
-    g = g * V(c.inv_scale);
-  }
-  V d = c.maximize ? negate(g) : g;
-  if (c.has_weight_decay) {
-    d = muladd(p, V(c.weight_decay), d);
-  }
-  if (c.has_buf) {
-    buf = first_step ? d : muladd(d, V(c.one_minus_dampening), buf * V(c.momentum));
-    d = c.nesterov ? muladd(buf, V(c.momentum), d) : buf;
-  }
-  p = muladd(d, V(c.neg_lr), p);
-}
-
-// Steps n consecutive float32/float64 elements. b is null without momentum; g is
-// written only with grad_scale.
-template <typename scalar_t>
-void sgd_span(scalar_t* p, scalar_t* g, scalar_t* b, int64_t n, bool first_step,
-              const StepArgs& args) {
-  using Vec = Vectorized<scalar_t>;
-  const Coeffs<scalar_t> c = args.coeffs<scalar_t>();
-  const bool load_buf = b != nullptr && !first_step;
-  int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    Vec vp = Vec::loadu(p + i), vg = Vec::loadu(g + i);
-    Vec vb = load_buf ? Vec::loadu(b + i) : Vec(0);
-    sgd_update(vp, vg, vb, first_step, c);
-    vp.store(p + i);
-    if (b != nullptr) vb.store(b + i);
-    if (c.has_scale) vg.store(g + i);
-  }
-  for (; i < n; ++i) {  // tail, element by element
-    scalar_t sp = p[i], sg = g[i], sb = load_buf ? b[i] : scalar_t(0);
-    sgd_update(sp, sg, sb, first_step, c);
+template <typename T>
+void portable_span(T* p, T* g, T* b, int64_t n, bool first_step, const Coeffs<T>& c) {
+  for (int64_t i = 0; i < n; ++i) {
+    T sp = p[i], sg = g[i], sb = b != nullptr && !first_step ? b[i] : T(0);
+    sgd_math::update<PlainOps<T>>(sp, sg, sb, first_step, c);
     p[i] = sp;
     if (b != nullptr) b[i] = sb;
     if (c.has_scale) g[i] = sg;
@@ -114,11 +58,11 @@ void sgd_span(scalar_t* p, scalar_t* g, scalar_t* b, int64_t n, bool first_step,
 // ---------------------------------------------------------------------------
 // Choosing the span function and splitting the work.
 
-// Everything a span function needs: the step, and its scalars as torch's ops
-// see them for each 16-bit dtype of the call.
+// The coefficients of one call for each dtype it holds.
 struct CallArgs {
   StepArgs step;
-  ReducedCoeffs half, bfloat16;
+  Coeffs<float> f32, half, bfloat16;
+  Coeffs<double> f64;
 };
 
 // A span function stepping n elements of one dtype, behind untyped pointers so
@@ -127,11 +71,13 @@ struct CallArgs {
 using SpanFn = void (*)(void* p, void* g, void* b, int64_t n, bool first_step,
                         bool vector_semantics, const CallArgs& args);
 
-template <typename scalar_t>
-void portable_span(void* p, void* g, void* b, int64_t n, bool first_step, bool,
-                   const CallArgs& args) {
-  sgd_span<scalar_t>(static_cast<scalar_t*>(p), static_cast<scalar_t*>(g),
-                     static_cast<scalar_t*>(b), n, first_step, args.step);
+const Coeffs<float>& coeffs_of(float*, const CallArgs& args) { return args.f32; }
+const Coeffs<double>& coeffs_of(double*, const CallArgs& args) { return args.f64; }
+
+template <typename T, void (*kSpan)(T*, T*, T*, int64_t, bool, const Coeffs<T>&)>
+void typed_span(void* p, void* g, void* b, int64_t n, bool first_step, bool, const CallArgs& args) {
+  T* tp = static_cast<T*>(p);
+  kSpan(tp, static_cast<T*>(g), static_cast<T*>(b), n, first_step, coeffs_of(tp, args));
 }
 
 template <at::ScalarType dtype>
@@ -141,50 +87,48 @@ void portable_reduced_span(void* p, void* g, void* b, int64_t n, bool first_step
                                    dtype == at::kHalf ? args.half : args.bfloat16);
 }
 
-#if TORCHEXT_SGD_AVX2
-template <typename scalar_t>
-void avx2_span(void* p, void* g, void* b, int64_t n, bool first_step, bool, const CallArgs& args) {
-  fused_sgd::sgd_span_avx2(static_cast<scalar_t*>(p), static_cast<scalar_t*>(g),
-                           static_cast<scalar_t*>(b), n, first_step, args.step);
-}
-
-template <fused_sgd::Reduced dtype>
-void avx2_reduced_span(void* p, void* g, void* b, int64_t n, bool first_step, bool vector_semantics,
+#if TORCHEXT_X86_SIMD
+template <fused_sgd::Reduced dtype,
+          void (*kSpan)(fused_sgd::Reduced, uint16_t*, uint16_t*, uint16_t*, int64_t, bool, bool,
+                        const Coeffs<float>&)>
+void simd_reduced_span(void* p, void* g, void* b, int64_t n, bool first_step, bool vector_semantics,
                        const CallArgs& args) {
-  fused_sgd::sgd_span_avx2(dtype, static_cast<uint16_t*>(p), static_cast<uint16_t*>(g),
-                           static_cast<uint16_t*>(b), n, first_step, vector_semantics,
-                           dtype == fused_sgd::Reduced::kHalf ? args.half : args.bfloat16);
+  kSpan(dtype, static_cast<uint16_t*>(p), static_cast<uint16_t*>(g), static_cast<uint16_t*>(b), n,
+        first_step, vector_semantics,
+        dtype == fused_sgd::Reduced::kHalf ? args.half : args.bfloat16);
+}
+
+// The span functions of one SIMD build (kFloat, kDouble, kReduced: its entry points).
+template <void (*kFloat)(float*, float*, float*, int64_t, bool, const Coeffs<float>&),
+          void (*kDouble)(double*, double*, double*, int64_t, bool, const Coeffs<double>&),
+          void (*kReduced)(fused_sgd::Reduced, uint16_t*, uint16_t*, uint16_t*, int64_t, bool, bool,
+                           const Coeffs<float>&)>
+SpanFn simd_span(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return &typed_span<float, kFloat>;
+    case at::kDouble: return &typed_span<double, kDouble>;
+    case at::kHalf: return &simd_reduced_span<fused_sgd::Reduced::kHalf, kReduced>;
+    case at::kBFloat16: return &simd_reduced_span<fused_sgd::Reduced::kBFloat16, kReduced>;
+    default: return nullptr;
+  }
 }
 #endif
 
-// The AVX2+FMA spans run where torch itself would run its AVX2 (or AVX-512)
-// kernels: the CPU has both extensions and ATEN_CPU_CAPABILITY does not ask for
-// the default kernels (which also lets tests cover the portable spans).
-bool use_avx2_fma() {
-#if TORCHEXT_SGD_AVX2
-  static const bool use = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c") && at::get_cpu_capability() != "DEFAULT";
-  return use;
-#else
-  return false;
-#endif
-}
-
-SpanFn span_function(at::ScalarType dtype) {
-#if TORCHEXT_SGD_AVX2
-  if (use_avx2_fma()) {
-    switch (dtype) {
-      case at::kFloat: return &avx2_span<float>;
-      case at::kDouble: return &avx2_span<double>;
-      case at::kHalf: return &avx2_reduced_span<fused_sgd::Reduced::kHalf>;
-      case at::kBFloat16: return &avx2_reduced_span<fused_sgd::Reduced::kBFloat16>;
-      default: break;
-    }
+SpanFn span_function(Isa isa, at::ScalarType dtype) {
+  SpanFn fn = nullptr;
+#if TORCHEXT_X86_SIMD
+  if (isa == Isa::kAvx512) {
+    fn = simd_span<fused_sgd::sgd_span_avx512, fused_sgd::sgd_span_avx512,
+                   fused_sgd::sgd_span_avx512>(dtype);
+  } else if (isa == Isa::kAvx2) {
+    fn = simd_span<fused_sgd::sgd_span_avx2, fused_sgd::sgd_span_avx2, fused_sgd::sgd_span_avx2>(
+        dtype);
   }
 #endif
+  if (fn != nullptr) return fn;
   switch (dtype) {
-    case at::kFloat: return &portable_span<float>;
-    case at::kDouble: return &portable_span<double>;
+    case at::kFloat: return &typed_span<float, portable_span<float>>;
+    case at::kDouble: return &typed_span<double, portable_span<double>>;
     case at::kHalf: return &portable_reduced_span<at::kHalf>;
     case at::kBFloat16: return &portable_reduced_span<at::kBFloat16>;
     default: TORCH_CHECK(false, "torchext.fused_sgd_: unsupported dtype ", dtype);
@@ -218,6 +162,7 @@ bool is_reduced(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at
 void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
                         at::TensorList momentum_buffers, const c10::List<bool>& is_first_step,
                         const CallArgs& args) {
+  const Isa isa = cpu::cpu_isa();
   const bool has_buf = !momentum_buffers.empty();
   std::vector<Work> work;
   work.reserve(params.size());
@@ -235,7 +180,7 @@ void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
            n,
            static_cast<int64_t>(p.element_size()),
            has_buf && is_first_step.get(i),
-           span_function(p.scalar_type())};
+           span_function(isa, p.scalar_type())};
     if (p.is_non_overlapping_and_dense() && same_dense_layout(p, g) && same_dense_layout(p, b)) {
       w.p = static_cast<char*>(p.data_ptr());
       w.g = static_cast<char*>(g.data_ptr());
@@ -252,7 +197,7 @@ void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
     }
     // Pieces of at most kChunk elements, never straddling a change of rounding.
     const auto runs = is_reduced(p.scalar_type())
-                          ? fused_sgd::torch_elementwise_runs(n, use_avx2_fma())
+                          ? fused_sgd::torch_elementwise_runs(n, isa != Isa::kPortable)
                           : c10::SmallVector<fused_sgd::ElementRun, 4>{{0, n, true}};
     for (const auto& run : runs) {
       for (int64_t s = run.begin; s < run.end; s += kChunk) {
@@ -269,11 +214,11 @@ void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
     w.fn(w.p + offset, w.g + offset, w.b != nullptr ? w.b + offset : nullptr,
          piece.end - piece.begin, w.first_step, piece.vector_semantics, args);
   };
-  if (total < kParallelMin) {
-    for (const Piece& piece : pieces) step(piece);
-  } else {
-    run_in_parallel(static_cast<int64_t>(pieces.size()), [&](int64_t k) { step(pieces[k]); });
-  }
+  // All tensors' pieces in one parallel region, claimed one at a time (see
+  // cpu::parallel_items): one fork/join per call, not one per tensor.
+  cpu::parallel_items(static_cast<int64_t>(pieces.size()),
+                      cpu::threads_for(total, cpu::kMinElementsPerThread),
+                      [&](int64_t k) { step(pieces[k]); });
 
   // Write back what was stepped in a copy.
   size_t t = 0;
@@ -313,6 +258,8 @@ void fused_sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList m
     has_half |= p.scalar_type() == at::kHalf;
     has_bfloat16 |= p.scalar_type() == at::kBFloat16;
   }
+  args.f32 = sgd_math::cast_coeffs<float>(args.step);
+  args.f64 = sgd_math::cast_coeffs<double>(args.step);
   if (has_half) args.half = fused_sgd::reduced_coeffs(at::kHalf, args.step);
   if (has_bfloat16) args.bfloat16 = fused_sgd::reduced_coeffs(at::kBFloat16, args.step);
   fused_sgd_cpu_impl(params, grads, momentum_buffers, is_first_step, args);

@@ -29,41 +29,30 @@ int64_t torch_chunk_length(int64_t numel) {
 #endif
 }
 
+// torch's scalar loop for 16-bit T, in float: each op's result rounded to T,
+// and a·y rounded before it is added.
 template <typename T>
-float round_to(float x) {
-  return static_cast<float>(T(x));
-}
-
-// x + a·y the way torch's scalar loop computes it for 16-bit T: the product is
-// rounded to T, then the sum.
-template <typename T>
-float add_scaled(float x, float a, float y) {
-  return round_to<T>(x + round_to<T>(a * y));
-}
+struct ScalarOps {
+  static float round(float x) { return static_cast<float>(T(x)); }
+  static float mul(float a, float b) { return round(a * b); }
+  static float add_scaled(float x, float a, float y) { return round(x + round(a * y)); }
+  static float neg(float a) { return -a; }
+};
 
 template <typename T>
-void span(T* p, T* g, T* b, int64_t n, bool first_step, const ReducedCoeffs& c) {
+void span(T* p, T* g, T* b, int64_t n, bool first_step, const Coeffs<float>& c) {
   for (int64_t i = 0; i < n; ++i) {
-    const float vp = p[i];
-    float vg = g[i];
-    if (c.has_scale) vg = round_to<T>(vg * c.inv_scale);
-    float d = c.maximize ? -vg : vg;
-    if (c.has_weight_decay) d = add_scaled<T>(d, c.weight_decay, vp);
-    if (b != nullptr) {
-      const float vb = first_step
-                           ? d
-                           : add_scaled<T>(round_to<T>(static_cast<float>(b[i]) * c.momentum),
-                                           c.one_minus_dampening, d);
-      b[i] = vb;
-      d = c.nesterov ? add_scaled<T>(d, c.momentum_alpha, vb) : vb;
-    }
-    p[i] = add_scaled<T>(vp, c.neg_lr, d);
+    float vp = p[i], vg = g[i];
+    float vb = b != nullptr && !first_step ? static_cast<float>(b[i]) : 0.0f;
+    sgd_math::update<ScalarOps<T>>(vp, vg, vb, first_step, c);
+    p[i] = vp;
+    if (b != nullptr) b[i] = vb;
     if (c.has_scale) g[i] = vg;
   }
 }
 
 template <typename T>
-ReducedCoeffs coeffs_for(const StepArgs& args, const char* name) {
+Coeffs<float> coeffs_for(const StepArgs& args, const char* name) {
   // Scalar::to<T>: the double converted with an overflow check, as torch converts `alpha`.
   auto alpha = [name](double v) {
     return static_cast<float>(c10::checked_convert<T, double>(v, name));
@@ -71,8 +60,8 @@ ReducedCoeffs coeffs_for(const StepArgs& args, const char* name) {
   return {alpha(-args.lr),
           alpha(args.weight_decay),
           alpha(1 - args.dampening),
+          static_cast<float>(args.momentum),  // buf.mul_(momentum): a float32 multiplier
           alpha(args.momentum),
-          static_cast<float>(args.momentum),
           args.inv_scale,
           args.momentum != 0,
           args.nesterov,
@@ -96,7 +85,7 @@ c10::SmallVector<ElementRun, 4> torch_elementwise_runs(int64_t numel, bool torch
   return runs;
 }
 
-ReducedCoeffs reduced_coeffs(at::ScalarType dtype, const StepArgs& args) {
+Coeffs<float> reduced_coeffs(at::ScalarType dtype, const StepArgs& args) {
   if (dtype == at::kHalf) return coeffs_for<c10::Half>(args, "at::Half");
   TORCH_CHECK(dtype == at::kBFloat16, "torchext.fused_sgd_: ", dtype,
               " is not a 16-bit float type");
@@ -104,7 +93,7 @@ ReducedCoeffs reduced_coeffs(at::ScalarType dtype, const StepArgs& args) {
 }
 
 void reduced_span_portable(at::ScalarType dtype, void* p, void* g, void* b, int64_t n,
-                           bool first_step, const ReducedCoeffs& c) {
+                           bool first_step, const Coeffs<float>& c) {
   if (dtype == at::kHalf) {
     using T = c10::Half;
     span(static_cast<T*>(p), static_cast<T*>(g), static_cast<T*>(b), n, first_step, c);

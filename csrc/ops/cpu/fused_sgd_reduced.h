@@ -1,6 +1,16 @@
 // float16/bfloat16 in the CPU kernel of torchext::fused_sgd_: where torch's
-// elementwise ops round (fused_sgd_kernel.h, ReducedCoeffs), reproduced so that
-// the fused step is bit-identical to torch.optim.SGD's default CPU path.
+// elementwise ops round, reproduced so that the fused step is bit-identical to
+// torch.optim.SGD's default CPU path.
+//
+// That path runs one ATen op per step of the update (csrc/ops/sgd_math.h), and
+// each op rounds its result to the tensor's dtype. In `x.add(y, alpha=a)` the
+// scalar `a` is first converted to that dtype; in `x.mul(m)` it stays float32.
+// How the float32 arithmetic inside an op rounds depends on where an element
+// falls:
+//  - "vector" elements (the vectorised loop of torch's AVX2/AVX-512 kernels):
+//    x + a·y is one fused multiply-add in float32, then one rounding;
+//  - "scalar" elements (the loop's tail, and every element of torch's DEFAULT
+//    kernels): a·y is rounded to the dtype, then x + (a·y) is rounded again.
 //
 // Which rounding an element gets depends on where torch's elementwise loop puts
 // it. A torch op over n contiguous elements is split into chunks the way
@@ -31,12 +41,12 @@ c10::SmallVector<ElementRun, 4> torch_elementwise_runs(int64_t numel, bool torch
 
 // The step's scalars as torch's ops see them for a float16/bfloat16 tensor
 // (each `alpha` converted to the dtype, with torch's overflow check).
-ReducedCoeffs reduced_coeffs(at::ScalarType dtype, const StepArgs& args);
+Coeffs<float> reduced_coeffs(at::ScalarType dtype, const StepArgs& args);
 
 // Steps n elements of a float16/bfloat16 tensor the "scalar" way, without ISA
-// extensions (the reference for the AVX2 spans, and the path of torch's DEFAULT
+// extensions (the reference for the SIMD spans, and the path of torch's DEFAULT
 // kernels).
 void reduced_span_portable(at::ScalarType dtype, void* p, void* g, void* b, int64_t n,
-                           bool first_step, const ReducedCoeffs& c);
+                           bool first_step, const Coeffs<float>& c);
 
 }  // namespace torchext::fused_sgd

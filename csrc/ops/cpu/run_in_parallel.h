@@ -1,9 +1,10 @@
 // run_in_parallel: work items shared by the calling thread and torch's
 // inter-op thread pool, for CPU kernels of this library.
 //
-// The library is built without OpenMP flags, so at::parallel_for (inline,
-// OpenMP pragmas) runs serially in its translation units; at::launch is torch's
-// exported entry into its inter-op thread pool.
+// Unlike at::parallel_for (torchext::cpu::parallel_for, csrc/cpu/dispatch.h),
+// which splits a range evenly over the intra-op threads, it hands out work items
+// one at a time on torch's inter-op pool (at::launch), so a late thread on a busy
+// machine takes fewer of them.
 #pragma once
 
 #include <ATen/Parallel.h>

@@ -3,8 +3,8 @@
 // each thread block steps one chunk of kChunk elements of one tensor, so a whole
 // parameter list costs a handful of launches instead of several per tensor.
 //
-// The per-element math is torch.optim.SGD's order of operations (the CPU
-// reference: csrc/ops/cpu/fused_sgd.cpp, `sgd_update`), rounded where torch's
+// The per-element math is csrc/ops/sgd_math.h's update, shared with the CPU
+// kernel (csrc/ops/cpu/fused_sgd.cpp, the reference), rounded where torch's
 // default CUDA path (the _foreach kernels) rounds: each of its ops computes in
 // float32 (float64 for float64 tensors) with its scalar `alpha` in that type, as
 // one fused multiply-add for x + alpha·y, and rounds its result to the tensor's
@@ -12,6 +12,7 @@
 // so the step never waits for the GPU; with found_inf non-zero every block
 // returns before writing anything.
 #include "../fused_sgd_checks.h"
+#include "../sgd_math.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -60,49 +61,33 @@ struct DeviceArgs {
 static_assert(sizeof(ChunkList<2>) + sizeof(DeviceArgs) <= 4000, "kernel arguments too large");
 static_assert(sizeof(ChunkList<3>) + sizeof(DeviceArgs) <= 4000, "kernel arguments too large");
 
-template <typename T>
-struct Coeffs {
-  T neg_lr, momentum, one_minus_dampening, weight_decay, inv_scale;
-  bool has_buf, nesterov, maximize, has_scale, has_weight_decay;
-};
+using sgd_math::Coeffs;
 
-// Explicitly rounded products and fused multiply-adds, so that the compiler
-// contracts nothing differently from torch's kernels.
-__device__ __forceinline__ float mul(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float fused(float a, float b, float c) { return __fmaf_rn(a, b, c); }
-__device__ __forceinline__ double fused(double a, double b, double c) { return __fma_rn(a, b, c); }
-
-// x rounded to the tensor's dtype (a no-op for float32/float64).
-template <typename scalar_t, typename opmath_t>
-__device__ __forceinline__ opmath_t rounded(opmath_t x) {
-  return static_cast<opmath_t>(static_cast<scalar_t>(x));
-}
-
-// One element, in opmath_t, rounded to scalar_t after each of torch's ops:
-//   g = g · (1/grad_scale)      (GradScaler.unscale_; written back to grad)
-//   d = maximize ? -g : g
-//   d = d + weight_decay·p
-//   buf = d (first step)  or  buf = buf·momentum + (1 - dampening)·d
-//   d = nesterov ? d + momentum·buf : buf
-//   p = p + (-lr)·d
-template <typename scalar_t, typename opmath_t>
-__device__ __forceinline__ void sgd_update(opmath_t& p, opmath_t& g, opmath_t& buf, bool first_step,
-                                           const Coeffs<opmath_t>& c) {
-  if (c.has_scale) g = rounded<scalar_t>(mul(g, c.inv_scale));
-  opmath_t d = c.maximize ? -g : g;
-  if (c.has_weight_decay) d = rounded<scalar_t>(fused(c.weight_decay, p, d));
-  if (c.has_buf) {
-    if (!first_step) {
-      const opmath_t decayed = rounded<scalar_t>(mul(buf, c.momentum));
-      buf = rounded<scalar_t>(fused(c.one_minus_dampening, d, decayed));
-    } else {
-      buf = d;
-    }
-    d = c.nesterov ? rounded<scalar_t>(fused(c.momentum, buf, d)) : buf;
+// The arithmetic of torch's _foreach kernels for scalar_t, in opmath_t:
+// explicitly rounded products and fused multiply-adds (so that the compiler
+// contracts nothing differently), each result rounded to the tensor's dtype (a
+// no-op for float32/float64).
+template <typename scalar_t>
+struct ForeachOps {
+  template <typename opmath_t>
+  __device__ __forceinline__ static opmath_t rounded(opmath_t x) {
+    return static_cast<opmath_t>(static_cast<scalar_t>(x));
   }
-  p = rounded<scalar_t>(fused(c.neg_lr, d, p));
-}
+  __device__ __forceinline__ static float mul(float a, float b) { return rounded(__fmul_rn(a, b)); }
+  __device__ __forceinline__ static double mul(double a, double b) {
+    return rounded(__dmul_rn(a, b));
+  }
+  __device__ __forceinline__ static float add_scaled(float x, float a, float y) {
+    return rounded(__fmaf_rn(a, y, x));
+  }
+  __device__ __forceinline__ static double add_scaled(double x, double a, double y) {
+    return rounded(__fma_rn(a, y, x));
+  }
+  template <typename opmath_t>
+  __device__ __forceinline__ static opmath_t neg(opmath_t a) {
+    return -a;
+  }
+};
 
 template <typename T>
 struct alignas(sizeof(T) * kILP) Pack {
@@ -138,21 +123,16 @@ __global__ void __launch_bounds__(kBlock)
   const double lr = a.lr_f32 != nullptr   ? static_cast<double>(*a.lr_f32)
                     : a.lr_f64 != nullptr ? *a.lr_f64
                                           : a.lr;
-  Coeffs<opmath_t> c;
-  c.neg_lr = static_cast<opmath_t>(-lr);
-  c.momentum = static_cast<opmath_t>(a.momentum);
-  c.one_minus_dampening = static_cast<opmath_t>(1.0 - a.dampening);
-  c.weight_decay = static_cast<opmath_t>(a.weight_decay);
-  c.has_scale = a.grad_scale != nullptr;
-  // GradScaler's inverse scale: the reciprocal in float64, rounded to float32.
-  c.inv_scale =
-      c.has_scale
-          ? static_cast<opmath_t>(static_cast<float>(1.0 / static_cast<double>(*a.grad_scale)))
-          : opmath_t(1);
-  c.has_buf = kDepth == 3;
-  c.nesterov = a.nesterov;
-  c.maximize = a.maximize;
-  c.has_weight_decay = a.weight_decay != 0.0;
+  // Every scalar in opmath_t (the _foreach kernels' alpha), the nesterov alpha
+  // included; GradScaler's inverse scale: the reciprocal in float64, rounded to
+  // float32.
+  const bool has_scale = a.grad_scale != nullptr;
+  const sgd_math::StepArgs step{
+      lr,          a.momentum,
+      a.dampening, a.weight_decay,
+      a.nesterov,  a.maximize,
+      has_scale,   has_scale ? static_cast<float>(1.0 / static_cast<double>(*a.grad_scale)) : 1.0f};
+  const Coeffs<opmath_t> c = sgd_math::cast_coeffs<opmath_t>(step);  // has_buf: kDepth == 3
 
   int64_t done = 0;
   if (is_aligned(p) && is_aligned(g) && (b == nullptr || is_aligned(b))) {
@@ -166,7 +146,7 @@ __global__ void __launch_bounds__(kBlock)
 #pragma unroll
       for (int k = 0; k < kILP; ++k) {
         opmath_t sp = vp.v[k], sg = vg.v[k], sb = load_buf ? opmath_t(vb.v[k]) : opmath_t(0);
-        sgd_update<scalar_t>(sp, sg, sb, first_step, c);
+        sgd_math::update<ForeachOps<scalar_t>>(sp, sg, sb, first_step, c);
         vp.v[k] = static_cast<scalar_t>(sp);
         vg.v[k] = static_cast<scalar_t>(sg);
         vb.v[k] = static_cast<scalar_t>(sb);
@@ -180,7 +160,7 @@ __global__ void __launch_bounds__(kBlock)
   // Misaligned pointers, and the tail of an aligned chunk: one element per thread.
   for (int64_t i = done + threadIdx.x; i < n; i += blockDim.x) {
     opmath_t sp = p[i], sg = g[i], sb = load_buf ? opmath_t(b[i]) : opmath_t(0);
-    sgd_update<scalar_t>(sp, sg, sb, first_step, c);
+    sgd_math::update<ForeachOps<scalar_t>>(sp, sg, sb, first_step, c);
     p[i] = static_cast<scalar_t>(sp);
     if (b != nullptr) b[i] = static_cast<scalar_t>(sb);
     if (c.has_scale) g[i] = static_cast<scalar_t>(sg);

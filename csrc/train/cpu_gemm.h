@@ -1,0 +1,43 @@
+// The GEMMs of the training core's CPU step, each fused with the pass that
+// follows it where that saves a trip through memory.
+//
+// Each call picks its kernel by size: the register-blocked tiles of
+// gemm_tiles.h (AVX-512 or AVX2, as cpu_isa() allows) for small layers, where a
+// BLAS call costs more in set-up than in arithmetic; the vendor BLAS that torch
+// links (MKL or OpenBLAS; ATen's mm where it has none) for large ones, where
+// its packing and blocking pay. The tiles split over torch's threads only when
+// each thread gets enough work (csrc/cpu/dispatch.h); BLAS threads itself.
+// Legend: B batch rows, I in features, O out features; row-major buffers.
+#pragma once
+
+#include <torchext/activation_loss.h>
+
+#include <cstdint>
+
+namespace torchext::train::cpu {
+
+// C[m, n] = op(A)[m, k] · op(B)[k, n], row-major, through BLAS (or ATen).
+template <typename T>
+void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const T* a,
+          int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc);
+
+// The forward pass of a dense layer: z = x · Wᵀ + bias, out = act(z).
+// x [B, I], weight [O, I], bias [O] or null; z and out [B, O] (the same buffer
+// unless act is GELU, whose backward needs z).
+template <typename T>
+void dense_forward(const T* x, int64_t rows, int64_t in, const T* weight, int64_t out,
+                   const T* bias, Activation act, T* z, T* a);
+
+// The weight gradient of a dense layer: dW [O, I] = dZᵀ · X, dZ [B, O], X [B, I].
+template <typename T>
+void weight_gradient(const T* dz, int64_t rows, int64_t out, const T* x, int64_t in, T* dw);
+
+// The input gradient of a dense layer, dX [B, I] = dZ · W (W [O, I]), turned
+// into the layer below's dZ = dX ⊙ act'(below_a) in the same pass where that
+// layer's activation allows it (below_a: its output, [B, I]). Returns whether
+// the derivative was applied; if not, dX is left for activation_backward.
+template <typename T>
+bool input_gradient(const T* dz, int64_t rows, int64_t out, const T* weight, int64_t in, T* dx,
+                    Activation below_act, const T* below_a);
+
+}  // namespace torchext::train::cpu
