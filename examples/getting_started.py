@@ -337,6 +337,16 @@ if torch.cuda.is_available():
 else:
     print("(no CUDA device: the timing example of chapter 8 is skipped)")
 
+# Mixed precision: bfloat16 products and activations, float32 loss and weights.
+torch.manual_seed(0)
+mixed_network = MyNetwork().to(device)
+mixed_trainer = torchext.Trainer(
+    mixed_network, torchext.optim.SGD(mixed_network.parameters(), lr=1e-2, momentum=0.9),
+    loss="mse", precision="bf16-mixed")
+mixed_losses = mixed_trainer.fit(gpu_inputs, gpu_targets, epochs=3, batch_size=32,
+                                 generator=torch.Generator().manual_seed(3))
+print(mixed_trainer.precision, next(mixed_network.parameters()).dtype, len(mixed_losses))
+
 # ---------------------------------------------------------------------------- the figure
 # The loss of every step of chapter 5's training, over 20 epochs, for the stock loop and for
 # torchext.Trainer.step driven through the same minibatches in the same order.

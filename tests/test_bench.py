@@ -156,3 +156,39 @@ def test_cuda_cells_include_the_graph_contender():
     notes = []
     cell = bench.run_cell("step", [8, 8], 4, "cuda", torch.float32, False, 2, 1e-3, notes)
     assert "torch cuda graph" in cell["times"] or notes
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_precision_times_mixed_trainers_against_autocast_and_float32(precision):
+    parser = bench.build_parser()
+    argv = [*TINY, "--precision", precision, "--widths", "", "--networks", "8-16-4"]
+    report = bench.run(parser.parse_args(argv), argv)
+    assert report["precision"] == precision
+    cells = [(r["kind"], r["network"], r["batch"]) for r in report["results"]]
+    assert cells == [("step", "seed 20-30-30-40", 4), ("step", "8-16-4", 4),
+                     ("step", "784-256-256-10 cross-entropy", 256), ("fit", "seed 20-30-30-40", 4)]
+    stock = {"torch foreach", "torch fused", "torch autocast foreach", "torch autocast fused"}
+    for cell in report["results"]:
+        assert set(cell["times"]) == stock | {"torchext"}
+        assert cell["best_stock"].startswith("torch autocast") and cell["ratio"] > 0
+        assert cell["best_stock_fp32"] in {"torch foreach", "torch fused"}
+        assert cell["ratio_fp32"] > 0
+    table = format_table(report)
+    assert f"precision={precision!r}" in table and "ratio fp32" in table
+    lines = format_markdown(report).splitlines()
+    header = next(line for line in lines if line.startswith("| network"))
+    assert header.count("|") == lines[lines.index(header) + 2].count("|")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--precision", "bf16"], "invalid choice: 'bf16'"),
+    (["--precision", "bf16-mixed", "--dtype", "float64"], "trains float32 models"),
+    (["--precision", "16-mixed", "--kinds", "sgd,step"], "not sgd"),
+    (["--networks", "8-x-4"], "bad network '8-x-4'"),
+    (["--networks", "8"], "bad network '8'"),
+])
+def test_bad_precision_and_network_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err

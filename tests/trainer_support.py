@@ -14,6 +14,21 @@ def stock_step(model, opt, loss_fn, x, y):
     return loss.detach()
 
 
+def stock_mixed_step(model, opt, loss_fn, x, y, dtype, scaler=None):
+    """The stock loop's step under ``torch.autocast`` (and ``scaler``, a GradScaler, if given)."""
+    opt.zero_grad()
+    with torch.autocast(x.device.type, dtype=dtype):
+        loss = loss_fn(model(x), y)
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return loss.detach()
+
+
 def snapshot(model, opt):
     return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
 

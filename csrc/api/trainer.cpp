@@ -13,8 +13,9 @@ namespace torchext {
 // momentum buffers stored into the optimizer's state.
 class Trainer::OptimizerAdapter final : public OptimizerLink {
  public:
-  OptimizerAdapter(optim::SGD& optimizer, const std::vector<at::Tensor>& params)
-      : optimizer_(optimizer), params_(params) {
+  OptimizerAdapter(optim::SGD& optimizer, const std::vector<at::Tensor>& params,
+                   std::shared_ptr<LossScaler> scaler)
+      : optimizer_(optimizer), params_(params), scaler_(std::move(scaler)) {
     for (size_t i = 0; i < params.size(); ++i) {
       index_[params[i].unsafeGetTensorImpl()] = static_cast<int64_t>(i);
     }
@@ -47,6 +48,12 @@ class Trainer::OptimizerAdapter final : public OptimizerLink {
     return out;
   }
 
+  LossScaler read_loss_scaler() override {
+    if (!scaler_) return OptimizerLink::read_loss_scaler();
+    scaler_->prepare(params_.front().device());
+    return *scaler_;
+  }
+
   void store_new_buffers(const std::vector<NewMomentumBuffer>& buffers) override {
     size_t stored = 0;
     try {
@@ -65,6 +72,7 @@ class Trainer::OptimizerAdapter final : public OptimizerLink {
   optim::SGD& optimizer_;
   const std::vector<at::Tensor>& params_;  // the core's parameters
   std::unordered_map<const void*, int64_t> index_;
+  std::shared_ptr<LossScaler> scaler_;
 };
 
 namespace {
@@ -84,7 +92,12 @@ std::vector<DenseLayer> dense_layers(const nn::MLP& model) {
 
 TrainerCore make_core(const nn::MLP& model, const TrainerOptions& options) {
   const Loss loss = loss_from_name(options.loss());
-  if (!options.process_group()) return TrainerCore(dense_layers(model), loss);
+  const Precision precision = precision_from_name(options.precision());
+  if (!options.process_group()) return TrainerCore(dense_layers(model), loss, precision);
+  TORCH_CHECK(precision == Precision::Default, "torchext::Trainer: precision '",
+              options.precision(),
+              "' is not supported in data-parallel training yet; leave it out, or train in one "
+              "process");
   // The core's parameters (W0, b0, W1, ...) named as in the model's state dict.
   std::unordered_map<const void*, std::string> names;
   for (const auto& item : model->named_parameters()) {
@@ -116,6 +129,9 @@ Trainer::Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer,
                  const TrainerOptions& options)
     : model_(std::move(model)),
       optimizer_(std::move(optimizer)),
+      scaler_(precision_from_name(options.precision()) == Precision::FP16Mixed
+                  ? std::make_shared<LossScaler>(options.scaler())
+                  : nullptr),
       core_(make_core(model_, options)) {
   TORCH_CHECK(optimizer_ != nullptr, "torchext::Trainer: the optimizer is null");
   std::unordered_map<const void*, bool> owned;
@@ -130,11 +146,19 @@ Trainer::Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer,
         "torchext::Trainer: the optimizer does not own the model's parameter '", item.key(),
         "' (it is in none of its param groups)");
   }
-  adapter_ = std::make_unique<OptimizerAdapter>(*optimizer_, core_.parameters());
+  adapter_ = std::make_unique<OptimizerAdapter>(*optimizer_, core_.parameters(), scaler_);
 }
 
 Trainer::Trainer(nn::MLP model, optim::SGD& optimizer, const std::string& loss)
     : Trainer(std::move(model), borrow(optimizer), loss) {}
+
+LossScaler& Trainer::scaler() {
+  TORCH_CHECK(scaler_ != nullptr,
+              "torchext::Trainer::scaler: only a 16-mixed trainer has a "
+              "loss scaler; this one's precision is '",
+              precision(), "'");
+  return *scaler_;
+}
 
 Trainer::~Trainer() = default;
 // The adapter refers to the optimizer and the core's parameters, which stay where they are.
@@ -195,6 +219,7 @@ c10::IValue Trainer::current_state() const {
   dict.insert("optimizer", optimizer_state_dict(*optimizer_));
   dict.insert("step", core_.steps());
   dict.insert("torchext_version", version());
+  if (scaler_) dict.insert("scaler", loss_scaler_state_dict(*scaler_));
   return dict;
 }
 
@@ -220,6 +245,7 @@ void Trainer::load_checked(const std::function<c10::IValue()>& read_state, const
                 saved_step.isInt() ? std::to_string(saved_step.toInt()) : saved_step.tagKind());
     step = saved_step.toInt();
     check_state_dict(*model_, dict.at("model"));
+    if (scaler_ && dict.contains("scaler")) check_loss_scaler_state_dict(dict.at("scaler"), who);
   };
   const ProcessGroupPtr group = core_.process_group();
   if (!group) {
@@ -244,6 +270,7 @@ void Trainer::load_checked(const std::function<c10::IValue()>& read_state, const
   auto dict = state.toGenericDict();
   load_optimizer_state_dict(*optimizer_, dict.at("optimizer"));
   torchext::load_state_dict(*model_, dict.at("model"));
+  if (scaler_ && dict.contains("scaler")) load_loss_scaler_state_dict(*scaler_, dict.at("scaler"));
   core_.set_steps(step);
 }
 

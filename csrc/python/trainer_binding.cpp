@@ -104,9 +104,10 @@ class SigintWatch {
 
 class PyOptimizerLink final : public torchext::OptimizerLink {
  public:
-  // `params`: the core's parameters as Python objects, in the core's order.
-  PyOptimizerLink(py::object optimizer, std::vector<py::object> params)
-      : optimizer_(std::move(optimizer)), params_(std::move(params)) {
+  // `params`: the core's parameters as Python objects, in the core's order;
+  // `scaler`: the torch.amp.GradScaler of a 16-mixed trainer, else None.
+  PyOptimizerLink(py::object optimizer, std::vector<py::object> params, py::object scaler)
+      : optimizer_(std::move(optimizer)), params_(std::move(params)), scaler_(std::move(scaler)) {
     for (size_t i = 0; i < params_.size(); ++i) {
       index_[params_[i].ptr()] = static_cast<int64_t>(i);
     }
@@ -134,6 +135,23 @@ class PyOptimizerLink final : public torchext::OptimizerLink {
       out.push_back(std::move(spec));
       ++g;
     }
+    return out;
+  }
+
+  // The GradScaler's own state tensors (stepped in place, so scaler.get_scale()
+  // and scaler.state_dict() follow the training) and its settings. torchext.Trainer
+  // creates the tensors (GradScaler does it lazily) before each training call.
+  torchext::LossScaler read_loss_scaler() override {
+    py::gil_scoped_acquire gil;
+    if (scaler_.is_none()) return OptimizerLink::read_loss_scaler();
+    torchext::LossScaler out;
+    out.enabled = scaler_.attr("is_enabled")().cast<bool>();
+    if (!out.enabled) return out;
+    out.scale = state_tensor("_scale");
+    out.growth_tracker = state_tensor("_growth_tracker");
+    out.growth_factor = scaler_.attr("get_growth_factor")().cast<double>();
+    out.backoff_factor = scaler_.attr("get_backoff_factor")().cast<double>();
+    out.growth_interval = scaler_.attr("get_growth_interval")().cast<int64_t>();
     return out;
   }
 
@@ -211,9 +229,19 @@ class PyOptimizerLink final : public torchext::OptimizerLink {
     return THPVariable_Unpack(buffer);
   }
 
+  at::Tensor state_tensor(const char* name) const {
+    const py::object value = scaler_.attr(name);
+    if (!THPVariable_Check(value.ptr())) {
+      throw py::type_error(std::string("torchext.Trainer: the GradScaler's ") + name +
+                           " must be a tensor, got " + std::string(Py_TYPE(value.ptr())->tp_name));
+    }
+    return THPVariable_Unpack(value.ptr());
+  }
+
   py::object optimizer_;
   std::vector<py::object> params_;
   std::unordered_map<PyObject*, int64_t> index_;  // keys kept alive by params_
+  py::object scaler_;
 };
 
 // ---------------------------------------------------------------------------
@@ -271,7 +299,8 @@ PyTrainer* make_trainer(const std::vector<at::Tensor>& weights,
                         const std::vector<std::string>& activations, const std::string& loss,
                         py::object optimizer, std::vector<py::object> params, const py::list& watch,
                         const py::object& process_group,
-                        const std::vector<std::string>& parameter_names) {
+                        const std::vector<std::string>& parameter_names,
+                        const std::string& precision, py::object scaler) {
   TORCH_CHECK(weights.size() == biases.size() && weights.size() == activations.size(),
               "TrainerCore: weights, biases and activations must have one entry per layer");
   std::vector<torchext::DenseLayer> layers;
@@ -280,8 +309,13 @@ PyTrainer* make_trainer(const std::vector<at::Tensor>& weights,
                       torchext::activation_from_name(activations[l])});
   }
   const torchext::Loss loss_kind = torchext::loss_from_name(loss);
+  const torchext::Precision precision_kind = torchext::precision_from_name(precision);
   auto build = [&]() {
-    if (process_group.is_none()) return torchext::TrainerCore(std::move(layers), loss_kind);
+    if (process_group.is_none()) {
+      return torchext::TrainerCore(std::move(layers), loss_kind, precision_kind);
+    }
+    TORCH_CHECK(precision_kind == torchext::Precision::Default,
+                "TrainerCore: a mixed precision does not train data-parallel");
     torchext::DataParallelOptions data_parallel{
         process_group_from(process_group, "torchext.Trainer"), parameter_names};
     py::gil_scoped_release no_gil;  // a collective: it waits for the other ranks
@@ -295,7 +329,8 @@ PyTrainer* make_trainer(const std::vector<at::Tensor>& weights,
                     THPVariable_Unpack(params[i].ptr()).is_same(core.parameters()[i]),
                 "TrainerCore: params[", i, "] is not the core's parameter ", i);
   }
-  return new PyTrainer{std::move(core), PyOptimizerLink(std::move(optimizer), std::move(params)),
+  return new PyTrainer{std::move(core),
+                       PyOptimizerLink(std::move(optimizer), std::move(params), std::move(scaler)),
                        ModelWatch(watch)};
 }
 
@@ -352,9 +387,15 @@ void bind_trainer(py::module_& m) {
       .def(py::init(&make_trainer), py::arg("weights"), py::arg("biases"), py::arg("activations"),
            py::arg("loss"), py::arg("optimizer"), py::arg("params"), py::arg("watch"),
            py::arg("process_group") = py::none(),
-           py::arg("parameter_names") = std::vector<std::string>())
+           py::arg("parameter_names") = std::vector<std::string>(), py::arg("precision") = "",
+           py::arg("scaler") = py::none())
       .def_property_readonly("rank", [](const PyTrainer& t) { return t.core.rank(); })
       .def_property_readonly("world_size", [](const PyTrainer& t) { return t.core.world_size(); })
+      .def_property_readonly(
+          "precision",
+          [](const PyTrainer& t) { return torchext::precision_name(t.core.precision()); })
+      .def_property_readonly("mixed_kernels",
+                             [](const PyTrainer& t) { return t.core.mixed_kernels(); })
       .def_property_readonly("backend", [](const PyTrainer& t) { return t.core.backend(); })
       .def_property_readonly("steps", [](const PyTrainer& t) { return t.core.steps(); })
       .def(

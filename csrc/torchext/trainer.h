@@ -16,9 +16,14 @@
 // they wait. After any exception the model, the optimizer state and steps()
 // agree with the updates applied.
 //
+// A precision ("bf16-mixed", "16-mixed") trains the float32 model in mixed
+// precision, as the Python Trainer's `precision=` (see torchext/mixed_precision.h);
+// a "16-mixed" trainer scales the loss with its LossScaler (scaler()).
+//
 // Checkpoints are the Python Trainer's: a torch.save file holding the plain dict
 // {"model": state dict, "optimizer": torch.optim.SGD state dict, "step": int,
-// "torchext_version": str, "checksum": "sha1:..."}, readable and writable from
+// "torchext_version": str, "checksum": "sha1:..."} (and "scaler":
+// torch.amp.GradScaler's state dict, for "16-mixed"), readable and writable from
 // either language; load verifies the checksum (see torchext/serialize.h).
 //
 // Data-parallel (TrainerOptions::process_group, a c10d::ProcessGroup such as
@@ -51,12 +56,19 @@ struct TrainerOptions {
   TORCH_ARG(std::string, loss) = "mse";
   // Data-parallel: the process group this replica trains in (null: one process).
   TORCH_ARG(ProcessGroupPtr, process_group);
+  // "" (the model's own dtype), "bf16-mixed" or "16-mixed" (see
+  // torchext/mixed_precision.h); not with a process group.
+  TORCH_ARG(std::string, precision) = "";
+  // "16-mixed": the loss scaler's settings (and state, when its tensors are
+  // defined; otherwise they are made on the model's device).
+  TORCH_ARG(LossScaler, scaler);
 };
 
 class Trainer {
  public:
   // `loss`: "mse" or "cross_entropy" (class-index targets). The optimizer must
-  // own every trainable parameter of the model.
+  // own every trainable parameter of the model. A precision is set through
+  // TrainerOptions.
   Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer, const std::string& loss = "mse");
   Trainer(nn::MLP model, std::shared_ptr<optim::SGD> optimizer, const TrainerOptions& options);
   // Uses `optimizer` without owning it: it must outlive the Trainer.
@@ -77,14 +89,16 @@ class Trainer {
   // Mean loss over the data without training (batch_size 0: one batch).
   double evaluate(const at::Tensor& x, const at::Tensor& y, int64_t batch_size = 0);
 
-  // The model's output, without autograd.
+  // The model's output, without autograd (in a mixed precision, in its compute dtype).
   at::Tensor predict(const at::Tensor& x);
 
-  // {"model", "optimizer", "step", "torchext_version"}, as the Python Trainer.
+  // {"model", "optimizer", "step", "torchext_version"} (and "scaler"), as the
+  // Python Trainer.
   c10::IValue state_dict() const;
-  // Restores model, optimizer and step count. Everything is checked first (keys,
-  // every tensor's shape, dtype and device, the optimizer's groups, the step
-  // count): on a bad state nothing changes.
+  // Restores model, optimizer, step count and (16-mixed) the loss scaler.
+  // Everything is checked first (keys, every tensor's shape, dtype and device,
+  // the optimizer's groups, the step count, the scaler's state): on a bad state
+  // nothing changes.
   void load_state_dict(const c10::IValue& state);
   // state_dict() with its checksum, written with torchext::save_checkpoint.
   void save(const std::string& path) const;
@@ -95,6 +109,11 @@ class Trainer {
   nn::MLP& model() { return model_; }
   optim::SGD& optimizer() { return *optimizer_; }
   int64_t steps() const { return core_.steps(); }
+  // "", "bf16-mixed" or "16-mixed".
+  std::string precision() const { return precision_name(core_.precision()); }
+  // The loss scaler of a "16-mixed" trainer (its settings may be changed
+  // between calls); raises for other precisions.
+  LossScaler& scaler();
   // "cpu" (fused C++ kernels) or "cuda".
   std::string backend() const { return core_.backend(); }
   // Data-parallel: this process's rank and the number of ranks (0 and 1 otherwise).
@@ -111,6 +130,7 @@ class Trainer {
 
   nn::MLP model_;
   std::shared_ptr<optim::SGD> optimizer_;
+  std::shared_ptr<LossScaler> scaler_;  // 16-mixed only; shared with the adapter
   TrainerCore core_;
   std::unique_ptr<OptimizerAdapter> adapter_;
 };

@@ -20,6 +20,10 @@
 //
 // Calls on one core are serialised by its TrainerLock (see trainer_lock.h).
 //
+// A core built with a mixed precision (see mixed_precision.h) trains a float32
+// model with the Linear layers in bfloat16 or float16, as the stock loop under
+// torch.autocast (and torch.amp.GradScaler for float16) does.
+//
 // Data-parallel: built with DataParallelOptions, the core is one replica of the
 // model on one rank of a c10d process group. Construction makes every rank hold
 // rank 0's parameters (after checking that the replicas match); each step
@@ -32,6 +36,7 @@
 
 #include <torchext/activation_loss.h>
 #include <torchext/data_parallel.h>
+#include <torchext/mixed_precision.h>
 #include <torchext/ops.h>
 #include <torchext/trainer_lock.h>
 
@@ -81,6 +86,10 @@ class OptimizerLink {
   // the state never holds a buffer without its update. If it throws, it must
   // have stored none of them; the core then applies nothing.
   virtual void store_new_buffers(const std::vector<NewMomentumBuffer>& buffers) = 0;
+  // The loss scaler of a "16-mixed" core, read at the start of each step and
+  // once per fit (see LossScaler). The default raises: only links of float16
+  // trainers need one.
+  virtual LossScaler read_loss_scaler();
 };
 
 struct FitOptions {
@@ -116,8 +125,11 @@ struct DataParallelOptions {
 
 class TrainerCore {
  public:
-  TrainerCore(std::vector<DenseLayer> layers, Loss loss);
-  // Data-parallel: a collective (every rank builds its replica at once).
+  // `precision`: Default trains in the parameters' dtype; BF16Mixed and FP16Mixed
+  // need float32 parameters (the master weights).
+  TrainerCore(std::vector<DenseLayer> layers, Loss loss, Precision precision = Precision::Default);
+  // Data-parallel: a collective (every rank builds its replica at once), in the
+  // parameters' dtype.
   TrainerCore(std::vector<DenseLayer> layers, Loss loss, const DataParallelOptions& data_parallel);
   ~TrainerCore();
   TrainerCore(TrainerCore&&) noexcept;
@@ -126,6 +138,11 @@ class TrainerCore {
   // W0, b0, W1, b1, ... (absent biases skipped): the order SGDGroup::params indexes.
   const std::vector<at::Tensor>& parameters() const;
   Loss loss() const;
+  Precision precision() const;
+  // How a mixed precision computes: "emulated" (CPU, small models: float32
+  // kernels on values rounded to the compute dtype), "aten" (compute-dtype ATen
+  // operators: CUDA, the CPU reference, larger CPU models); "" for Default.
+  std::string mixed_kernels() const;
   // "cpu" (fused C++ kernels) or "cuda" (ATen kernels).
   std::string backend() const;
   // Updates applied by step and fit (plus the count set by set_steps).
@@ -164,7 +181,8 @@ class TrainerCore {
   double evaluate(const at::Tensor& x, const at::Tensor& y, int64_t batch_size,
                   const std::function<void()>& interruption_point = {});
 
-  // Forward only (inference): the model's output for x [B, in].
+  // Forward only (inference): the model's output for x [B, in]; in a mixed
+  // precision it is in the compute dtype, as the stock model's under autocast.
   at::Tensor predict(const at::Tensor& x);
 
   // Run the ATen-operator path (the one CUDA uses, with its once-per-epoch loss

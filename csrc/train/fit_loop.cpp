@@ -122,8 +122,8 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
   at::Tensor x_batch = at::empty({batch, x.size(1)}, xc.options());
   at::Tensor y_batch =
       y.dim() == 2 ? at::empty({batch, y.size(1)}, yc.options()) : at::empty({batch}, yc.options());
-  impl.ws.ensure(model, batch);  // and no other size during the call: `update` holds its grads
-  train::Update update(model, impl.ws, groups);
+  impl.ensure_workspace(batch);  // and no other size during the call: `update` holds its grads
+  train::Update update = impl.make_update(groups);
 
   std::vector<double> epoch_losses;
   using Clock = std::chrono::steady_clock;
@@ -146,6 +146,7 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
       if (deferred) {
         device.losses = at::empty({steps_per_epoch}, xc.options());
         device.skip = at::zeros({}, xc.options().dtype(at::kFloat));
+        if (impl.mixed) impl.mixed->begin_epoch(steps_per_epoch);
       }
       const int64_t epoch_start = impl.steps;
       int64_t issued = 0;  // steps run this epoch (on the ATen path: updates applied or skipped)
@@ -174,7 +175,7 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
               others_wait = false;
               stop_for_loss(who, value, epoch, s);
             }
-            update.apply(optimizer, c10::nullopt);
+            impl.apply_update(update, optimizer, c10::nullopt);
             weighted_sum += value * static_cast<double>(rows);
           } else {
             device.losses[s].copy_(loss);
@@ -188,9 +189,9 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
                 others_wait = false;
                 stop_for_loss(who, value, epoch, s);
               }
-              update.apply(optimizer, c10::nullopt);
+              impl.apply_update(update, optimizer, c10::nullopt);
             } else {
-              update.apply(optimizer, device.skip);
+              impl.apply_update(update, optimizer, device.skip);
             }
           }
           ++issued;
@@ -207,7 +208,9 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
         if (deferred) {
           // Count only the updates that were applied before the first non-finite loss.
           try {
-            impl.steps = epoch_start + device.read(issued, batch, samples).first;
+            const int64_t applied = device.read(issued, batch, samples).first;
+            impl.steps = epoch_start + applied;
+            if (impl.mixed) impl.mixed->restore_scaler_before(applied);
           } catch (...) {  // the device itself failed: the count stays as issued
           }
         }
@@ -217,6 +220,7 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
         const auto [applied, sum] = device.read(issued, batch, samples);
         impl.steps = epoch_start + applied;
         if (applied < issued) {
+          if (impl.mixed) impl.mixed->restore_scaler_before(applied);
           others_wait = false;  // the losses are every rank's: all stop here
           const double value = device.losses[applied].item<double>();
           TORCH_CHECK(false, who, ": the loss became ", value, " at epoch ", epoch, ", step ",
@@ -267,7 +271,7 @@ double TrainerCore::evaluate(const at::Tensor& x, const at::Tensor& y, int64_t b
   const int64_t begin = part_start(rank), end = part_start(rank + 1);
   const int64_t part = std::max<int64_t>(end - begin, 1);
   const int64_t batch = batch_size > 0 ? std::min(batch_size, part) : part;
-  impl.ws.ensure(impl.model, batch);
+  impl.ensure_workspace(batch);
   const at::Tensor xc = x.contiguous(), yc = y.contiguous();
   // The sample-weighted loss sum and, data-parallel, a stop flag (a rank
   // interrupted before the sum is all-reduced tells the others so).
@@ -277,7 +281,7 @@ double TrainerCore::evaluate(const at::Tensor& x, const at::Tensor& y, int64_t b
       const int64_t rows = std::min(batch, end - start);
       impl.forward_backward(xc.narrow(0, start, rows), yc.narrow(0, start, rows),
                             /*backward=*/false);
-      total[0].add_(impl.ws.loss, static_cast<double>(rows));
+      total[0].add_(impl.loss(), static_cast<double>(rows));
       if (interruption_point) interruption_point();
     }
   } catch (...) {

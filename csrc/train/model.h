@@ -65,6 +65,17 @@ void forward_backward_cpu(const Model& model, Workspace& ws, const at::Tensor& x
 void forward_backward_aten(const Model& model, Workspace& ws, const at::Tensor& x,
                            const at::Tensor& y, bool backward);
 
+// The two halves of forward_backward_aten, for steps that put something between
+// them (the mixed-precision step computes its loss in float32). loss_aten writes
+// the loss of output [B, O] against y into ws.loss and, when grad_out is defined,
+// its gradient times `incoming` (0-dim, the loss's incoming gradient) into
+// grad_out; it uses ws.log_probs, ws.nll_grad and ws.total_weight.
+// backward_aten runs from dL/da of the last layer in ws.grad down to the
+// gradients of the trainable parameters.
+void loss_aten(Loss loss, const at::Tensor& output, const at::Tensor& y, Workspace& ws,
+               const at::Tensor& incoming, at::Tensor grad_out);
+void backward_aten(const Model& model, Workspace& ws, const at::Tensor& x);
+
 // Forward only; returns a view of the last layer's output rows.
 at::Tensor forward_cpu(const Model& model, Workspace& ws, const at::Tensor& x);
 at::Tensor forward_aten(const Model& model, Workspace& ws, const at::Tensor& x);

@@ -6,6 +6,7 @@
 // are the ones autograd would run for the stock model (addmm, relu/tanh/sigmoid/
 // gelu and their *_backward, mse_loss, log_softmax + nll_loss, mm, sum), so the
 // numbers match the stock loop's. Nothing is allocated beyond ATen's internals.
+#include "train/mixed_relu_cpu.h"
 #include "train/model.h"
 
 namespace torchext::train {
@@ -30,7 +31,14 @@ void activation_backward(Activation act, at::Tensor& grad, const at::Tensor& z,
                          const at::Tensor& a) {
   switch (act) {
     case Activation::Identity: break;
-    case Activation::ReLU: at::threshold_backward_out(grad, grad, a, 0); break;
+    case Activation::ReLU:
+      // The same result, bit for bit, where ATen's kernel is slow (16-bit CPU).
+      if (mixed::relu_backward_applies(grad, a)) {
+        mixed::relu_backward_(grad, a);
+      } else {
+        at::threshold_backward_out(grad, grad, a, 0);
+      }
+      break;
     case Activation::Tanh: at::tanh_backward_out(grad, grad, a); break;
     case Activation::Sigmoid: at::sigmoid_backward_out(grad, grad, a); break;
     case Activation::GELU: at::gelu_backward_out(grad, grad, z); break;
@@ -61,32 +69,32 @@ at::Tensor forward_aten(const Model& model, Workspace& ws, const at::Tensor& x) 
   return forward_layers(model, ws, x);
 }
 
-void forward_backward_aten(const Model& model, Workspace& ws, const at::Tensor& x,
-                           const at::Tensor& y, bool backward) {
-  const int64_t rows = x.size(0);
-  const size_t depth = model.layers.size();
-  const at::Tensor output = forward_layers(model, ws, x);
-  at::Tensor grad_out = backward ? rows_of(ws.grad[depth - 1], rows) : at::Tensor();
+void loss_aten(Loss loss, const at::Tensor& output, const at::Tensor& y, Workspace& ws,
+               const at::Tensor& incoming, at::Tensor grad_out) {
+  const int64_t rows = output.size(0);
   const int64_t mean = at::Reduction::Mean;
-
-  if (model.loss == Loss::MSE) {
-    at::mse_loss_out(ws.loss, output, y, mean);
-    if (backward) at::mse_loss_backward_out(grad_out, ws.one, output, y, mean);
+  if (loss == Loss::MSE) {
+    // Not mse_loss_out: its structured kernel resizes a 0-dim out to the input's
+    // shape on the way (and warns that this is deprecated, at every call).
+    ws.loss.copy_(at::mse_loss(output, y, mean));
+    if (grad_out.defined()) at::mse_loss_backward_out(grad_out, incoming, output, y, mean);
   } else {
     at::Tensor log_probs = rows_of(ws.log_probs, rows);
     at::_log_softmax_out(log_probs, output, 1, false);
     at::nll_loss_forward_out(ws.loss, ws.total_weight, log_probs, y, {}, mean, -100);
-    if (backward) {
+    if (grad_out.defined()) {
       at::Tensor nll_grad = rows_of(ws.nll_grad, rows);
-      at::nll_loss_backward_out(nll_grad, ws.one, log_probs, y, {}, mean, -100, ws.total_weight);
-      at::_log_softmax_backward_data_out(grad_out, nll_grad, log_probs, 1, model.dtype);
+      at::nll_loss_backward_out(nll_grad, incoming, log_probs, y, {}, mean, -100, ws.total_weight);
+      at::_log_softmax_backward_data_out(grad_out, nll_grad, log_probs, 1, output.scalar_type());
     }
   }
-  if (!backward) return;
+}
 
+void backward_aten(const Model& model, Workspace& ws, const at::Tensor& x) {
   // As on the fused path: down to the lowest layer with a trainable parameter.
+  const int64_t rows = x.size(0);
   const size_t stop = model.first_trained_layer();
-  for (size_t l = depth; l-- > stop;) {
+  for (size_t l = model.layers.size(); l-- > stop;) {
     const DenseLayer& layer = model.layers[l];
     at::Tensor grad = rows_of(ws.grad[l], rows);
     const at::Tensor a = rows_of(ws.out[l], rows);
@@ -104,6 +112,14 @@ void forward_backward_aten(const Model& model, Workspace& ws, const at::Tensor& 
       at::mm_out(grad_input, grad, layer.weight);
     }
   }
+}
+
+void forward_backward_aten(const Model& model, Workspace& ws, const at::Tensor& x,
+                           const at::Tensor& y, bool backward) {
+  const at::Tensor output = forward_layers(model, ws, x);
+  const at::Tensor grad_out = backward ? rows_of(ws.grad.back(), x.size(0)) : at::Tensor();
+  loss_aten(model.loss, output, y, ws, ws.one, grad_out);
+  if (backward) backward_aten(model, ws, x);
 }
 
 }  // namespace torchext::train

@@ -1,7 +1,8 @@
 // TrainerCore: construction, the per-call checks, step and predict. fit and
 // evaluate are in fit_loop.cpp, the update in update.cpp, validation in
 // validation.cpp, the step itself in step_cpu.cpp (fused kernels, CPU) and
-// step_aten.cpp (ATen operators: CUDA, and the CPU reference).
+// step_aten.cpp (ATen operators: CUDA, and the CPU reference); the step of the
+// mixed precisions in mixed_step.cpp.
 #include <torchext/trainer_core.h>
 
 #include "train/core_impl.h"
@@ -14,6 +15,30 @@
 namespace torchext {
 
 using train::Model;
+
+namespace {
+
+// What stops the core from running `layers` at `precision`, or nullopt.
+c10::optional<std::string> core_problem(const std::vector<DenseLayer>& layers,
+                                        Precision precision) {
+  auto problem = train::model_problem(layers);
+  if (!problem && precision != Precision::Default) {
+    problem = train::mixed_precision_problem(layers, precision);
+  }
+  return problem;
+}
+
+}  // namespace
+
+void TrainerCore::Impl::build(std::vector<DenseLayer> layers, Loss loss) {
+  train::Model built = train::build_model(std::move(layers), loss);
+  mixed = precision == Precision::Default
+              ? nullptr
+              : std::make_unique<train::MixedStep>(built, precision, reference_kernels);
+  model = std::move(built);
+  ws = train::Workspace();
+  on_cuda = model.device.is_cuda();
+}
 
 void TrainerCore::Impl::start_call(const char* who, const std::function<void()>& checks,
                                    const std::vector<std::pair<std::string, int64_t>>& settings) {
@@ -42,17 +67,16 @@ void TrainerCore::Impl::stop_others(const char* who) noexcept {
 }
 
 void TrainerCore::Impl::refresh(const char* who) {
+  if (mixed) mixed->invalidate_copies();
   if (train::parameters_unchanged(model)) return;
   // The caller's tensors changed in place (model.double(), `.data = ...`): the
   // same tensors, so the model is rebuilt over them as they are now.
-  const auto problem = train::model_problem(model.layers);
+  const auto problem = core_problem(model.layers, precision);
   TORCH_CHECK(!problem, who,
               ": the model's parameters changed since the trainer was built and "
               "the training core cannot run them as they are now (",
               *problem, "); nothing was changed: restore them, or build a new trainer");
-  model = train::build_model(std::move(model.layers), model.loss);
-  ws = train::Workspace();
-  on_cuda = model.device.is_cuda();
+  build(std::move(model.layers), model.loss);
 }
 
 std::vector<SGDGroup> TrainerCore::Impl::begin_training(OptimizerLink& optimizer, const char* who) {
@@ -61,23 +85,52 @@ std::vector<SGDGroup> TrainerCore::Impl::begin_training(OptimizerLink& optimizer
               ": no parameter of the model requires grad; there is nothing to train");
   std::vector<SGDGroup> groups = optimizer.read_groups();
   train::check_groups(model, groups, who);
+  if (mixed) mixed->begin_training(model, optimizer, who);
   return groups;
 }
 
 void TrainerCore::Impl::forward_backward(const at::Tensor& x, const at::Tensor& y, bool backward) {
-  if (use_cpu_kernels()) {
+  if (mixed) {
+    mixed->forward_backward(model, x, y, backward);
+  } else if (use_cpu_kernels()) {
     train::forward_backward_cpu(model, ws, x, y, backward);
   } else {
     train::forward_backward_aten(model, ws, x, y, backward);
   }
 }
 
-TrainerCore::TrainerCore(std::vector<DenseLayer> layers, Loss loss)
+void TrainerCore::Impl::ensure_workspace(int64_t rows) {
+  if (mixed) {
+    mixed->ensure(model, rows);
+  } else {
+    ws.ensure(model, rows);
+  }
+}
+
+train::Update TrainerCore::Impl::make_update(const std::vector<SGDGroup>& groups) const {
+  return mixed ? mixed->make_update(model, groups) : train::Update(model, ws, groups);
+}
+
+void TrainerCore::Impl::apply_update(train::Update& update, OptimizerLink& optimizer,
+                                     const c10::optional<at::Tensor>& skip_if) {
+  if (mixed) {
+    mixed->apply(model, update, optimizer, skip_if);
+  } else {
+    update.apply(optimizer, skip_if);
+  }
+}
+
+at::Tensor TrainerCore::Impl::forward(const at::Tensor& x) {
+  if (mixed) return mixed->predict(model, x);
+  return use_cpu_kernels() ? train::forward_cpu(model, ws, x) : train::forward_aten(model, ws, x);
+}
+
+TrainerCore::TrainerCore(std::vector<DenseLayer> layers, Loss loss, Precision precision)
     : impl_(std::make_unique<Impl>()) {
-  const auto problem = train::model_problem(layers);
+  const auto problem = core_problem(layers, precision);
   TORCH_CHECK(!problem, "torchext.Trainer: ", *problem);
-  impl_->model = train::build_model(std::move(layers), loss);
-  impl_->on_cuda = impl_->model.device.is_cuda();
+  impl_->precision = precision;
+  impl_->build(std::move(layers), loss);
 }
 
 TrainerCore::TrainerCore(std::vector<DenseLayer> layers, Loss loss,
@@ -113,6 +166,12 @@ TrainerCore& TrainerCore::operator=(TrainerCore&&) noexcept = default;
 
 const std::vector<at::Tensor>& TrainerCore::parameters() const { return impl_->model.params; }
 Loss TrainerCore::loss() const { return impl_->model.loss; }
+Precision TrainerCore::precision() const { return impl_->precision; }
+std::string TrainerCore::mixed_kernels() const {
+  auto hold = impl_->lock.acquire(TrainerLock::Access::Read, "mixed_kernels");
+  if (!impl_->mixed) return "";
+  return impl_->mixed->emulated() ? "emulated" : "aten";
+}
 std::string TrainerCore::backend() const { return impl_->on_cuda ? "cuda" : "cpu"; }
 int64_t TrainerCore::steps() const { return impl_->steps; }
 void TrainerCore::set_steps(int64_t steps) {
@@ -128,7 +187,10 @@ int TrainerCore::world_size() const { return impl_->reducer ? impl_->reducer->wo
 
 void TrainerCore::use_reference_kernels(bool enabled) {
   auto hold = impl_->lock.acquire(TrainerLock::Access::Write, "use_reference_kernels");
+  if (impl_->reference_kernels == enabled) return;
   impl_->reference_kernels = enabled;
+  // A mixed-precision step picks its kernels and workspaces when it is built.
+  if (impl_->mixed) impl_->build(std::move(impl_->model.layers), impl_->model.loss);
 }
 
 at::Tensor TrainerCore::step(const at::Tensor& x, const at::Tensor& y, OptimizerLink& optimizer) {
@@ -142,15 +204,16 @@ at::Tensor TrainerCore::step(const at::Tensor& x, const at::Tensor& y, Optimizer
     train::check_batch(impl.model, x, y, who, /*check_target_range=*/impl.model.device.is_cpu());
     groups = impl.begin_training(optimizer, who);
     const at::Tensor xc = x.contiguous(), yc = y.contiguous();
-    impl.ws.ensure(impl.model, xc.size(0));
+    impl.ensure_workspace(xc.size(0));
     impl.forward_backward(xc, yc, /*backward=*/true);
   } catch (...) {
     impl.stop_others(who);  // data-parallel: the others wait in this step's all-reduce
     throw;
   }
-  const at::Tensor loss = impl.ws.loss.clone();  // this rank's, as in a DDP loop
+  const at::Tensor loss = impl.loss().clone();  // this rank's, as in a DDP loop
   impl.reduce(who);
-  train::Update(impl.model, impl.ws, groups).apply(optimizer, c10::nullopt);
+  train::Update update = impl.make_update(groups);
+  impl.apply_update(update, optimizer, c10::nullopt);
   ++impl.steps;
   return loss;
 }
@@ -169,10 +232,8 @@ at::Tensor TrainerCore::predict(const at::Tensor& x) {
               model.dtype, " on ", model.device, ", got ", x.scalar_type(), " on ", x.device());
   at::NoGradGuard no_grad;
   const at::Tensor xc = x.contiguous();
-  impl.ws.ensure(model, xc.size(0));
-  const at::Tensor out = impl.use_cpu_kernels() ? train::forward_cpu(model, impl.ws, xc)
-                                                : train::forward_aten(model, impl.ws, xc);
-  return out.clone();
+  impl.ensure_workspace(xc.size(0));
+  return impl.forward(xc).clone();
 }
 
 }  // namespace torchext

@@ -3,7 +3,9 @@
 Used for models and optimizers the C++ core does not run (and when optimizer step hooks are
 registered). It keeps the core's guarantees where Python allows: ``fit`` checks each loss before
 its update, and an optimizer step and the step count it adds are made atomic with respect to
-Ctrl-C (the signal is held back for the few lines between them, then delivered).
+Ctrl-C (the signal is held back for the few lines between them, then delivered). A mixed
+precision runs the forward and the loss under ``torch.autocast`` and, for ``"16-mixed"``, the
+backward and the step through the trainer's ``torch.amp.GradScaler``, as the stock loop does.
 
 Data-parallel (``trainer._dp``), the step is the stock DDP step (the forward runs the
 DistributedDataParallel module, whose backward all-reduces the gradients), ``fit`` takes
@@ -17,6 +19,8 @@ import signal
 import threading
 
 import torch
+
+from ._mixed import autocast
 
 __all__ = ["signals_deferred", "eager_step", "eager_fit", "eager_evaluate"]
 
@@ -44,14 +48,19 @@ def _forward_model(trainer):
 
 def _forward_backward(trainer, x, y):
     trainer.optimizer.zero_grad()
-    loss = trainer.loss_fn(_forward_model(trainer)(x), y)
-    loss.backward()
+    with autocast(trainer.precision, x.device):
+        loss = trainer.loss_fn(_forward_model(trainer)(x), y)
+    (trainer.scaler.scale(loss) if trainer.scaler is not None else loss).backward()
     return loss.detach()
 
 
 def _update(trainer):
     with signals_deferred():
-        trainer.optimizer.step()
+        if trainer.scaler is not None:
+            trainer.scaler.step(trainer.optimizer)
+            trainer.scaler.update()
+        else:
+            trainer.optimizer.step()
         trainer._count_step()
 
 
@@ -118,7 +127,7 @@ def eager_evaluate(trainer, x, y, batch_size):
     start, stop = (0, x.shape[0]) if dp is None else dp.part(x.shape[0])
     batch = batch_size or max(stop - start, 1)
     total = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(trainer.precision, x.device):
         for begin in range(start, stop, batch):
             xb, yb = x[begin:min(stop, begin + batch)], y[begin:min(stop, begin + batch)]
             total += trainer.loss_fn(trainer._module(xb), yb).item() * xb.shape[0]

@@ -20,6 +20,10 @@ and batch sizes:
           only), on the seed network and the widest network, at the first batch size per
           process: stock DistributedDataParallel (foreach and fused SGD) against
           Trainer(..., process_group=...), with the gradient all-reduce timed on its own
+With --precision bf16-mixed or 16-mixed, the step and fit cells time Trainer(precision=...)
+against the same stock loops under torch.autocast (with torch.amp.GradScaler for 16-mixed),
+and against the stock float32 loops, all in the same run: ratio is against the best autocast
+loop, ratio_fp32 against the best float32 one.
 Timing: a few warm-up calls, then each contender runs blocks of calls sized to a fixed time per
 block; blocks alternate between contenders (the starting contender rotates every round) so that
 drift in machine load hits all alike. A cell reports each contender's median seconds per call,
@@ -49,6 +53,7 @@ import torch
 import torchext
 
 from ._checkpoint import CheckpointError, writable_target
+from ._mixed import PRECISIONS
 from .bench_probes import cell_work, measure_peaks, roofline
 from .bench_report import format_markdown, format_table, save_plot
 from .cli_support import (
@@ -62,6 +67,7 @@ from .cli_support import (
 )
 
 KINDS = ("linear", "sgd", "step", "fit", "ddp", "threads")
+MIXED_KINDS = ("step", "fit")  # the kinds --precision times
 SEED_SIZES = [20, 30, 30, 40]
 MNIST_SIZES, MNIST_BATCH = [784, 256, 256, 10], 256  # the cross-entropy network of step/threads
 CLIFF_SIZES, CLIFF_BATCH = [10, 46, 46, 10], 128  # PyTorch's thread-cliff MLP
@@ -179,14 +185,33 @@ _LOSS_FUNCTIONS = {"mse": torch.nn.functional.mse_loss,
                    "cross_entropy": torch.nn.functional.cross_entropy}
 
 
-def _stock_step(model, optimizer, x, y, loss="mse"):
+def _stock_step(model, optimizer, x, y, loss="mse", precision=None, scaler=None):
+    """The stock step; with a precision under torch.autocast, and with `scaler` (16-mixed)."""
     loss_fn = _LOSS_FUNCTIONS[loss]
+    if precision is None:
+        def step():
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+        return step
+    device_type = x.device.type
 
-    def step():
+    def mixed_step():
         optimizer.zero_grad()
-        loss_fn(model(x), y).backward()
-        optimizer.step()
-    return step
+        with torch.autocast(device_type, dtype=PRECISIONS[precision]):
+            value = loss_fn(model(x), y)
+        if scaler is None:
+            value.backward()
+            optimizer.step()
+        else:
+            scaler.scale(value).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    return mixed_step
+
+
+def _stock_scaler(precision, device):
+    return torch.amp.GradScaler(torch.device(device).type) if precision == "16-mixed" else None
 
 
 def _step_data(sizes, batch, device, dtype, loss):
@@ -216,28 +241,37 @@ def _cuda_graph_step(model, optimizer, x, y):
     return graph.replay
 
 
-def _step_contenders(sizes, batch, device, dtype, compile_, notes, loss="mse"):
+def _step_contenders(sizes, batch, device, dtype, compile_, notes, loss="mse",
+                     precision=None):
     stock, mine = _stock_pair(sizes, device, dtype)
     x, y = _step_data(sizes, batch, device, dtype, loss)
     kw = {"lr": LR, "momentum": MOMENTUM}
     contenders = {}
-    for variant in ("foreach", "fused"):
-        model = copy.deepcopy(stock)
-        optimizer = torch.optim.SGD(model.parameters(), **{variant: True}, **kw)
-        contenders[f"torch {variant}"] = _stock_step(model, optimizer, x, y, loss)
+    for mixed in (None, precision) if precision else (None,):
+        prefix = "torch autocast" if mixed else "torch"
+        for variant in ("foreach", "fused"):
+            model = copy.deepcopy(stock)
+            optimizer = torch.optim.SGD(model.parameters(), **{variant: True}, **kw)
+            contenders[f"{prefix} {variant}"] = _stock_step(model, optimizer, x, y, loss, mixed,
+                                                            _stock_scaler(mixed, device))
     if compile_:
         model = copy.deepcopy(stock)
         optimizer = torch.optim.SGD(model.parameters(), fused=True, **kw)
-        contenders["torch compile"] = _stock_step(torch.compile(model, dynamic=False), optimizer,
-                                                  x, y, loss)
-    if device.startswith("cuda"):
+        name = "torch autocast compile" if precision else "torch compile"
+        contenders[name] = _stock_step(torch.compile(model, dynamic=False), optimizer, x, y, loss,
+                                       precision, _stock_scaler(precision, device))
+    if device.startswith("cuda") and precision:
+        notes.append("the stock step as one CUDA graph is left out with --precision (GradScaler "
+                     "synchronises with the host inside the step)")
+    elif device.startswith("cuda"):
         model = copy.deepcopy(stock)
         optimizer = torch.optim.SGD(model.parameters(), foreach=True, **kw)
         try:
             contenders["torch cuda graph"] = _cuda_graph_step(model, optimizer, x, y)
         except Exception as exc:  # noqa: BLE001 - capture support varies with torch and driver
             notes.append(f"cuda graph skipped for {sizes} b{batch}: {_first_line(exc)}")
-    trainer = torchext.Trainer(mine, torchext.optim.SGD(mine.parameters(), **kw), loss)
+    trainer = torchext.Trainer(mine, torchext.optim.SGD(mine.parameters(), **kw), loss,
+                               precision=precision)
     contenders["torchext"] = lambda: trainer.step(x, y)
     return contenders
 
@@ -278,7 +312,7 @@ def _threads_name(n):
     return f"{n} thread{'s' if n != 1 else ''}"
 
 
-def _fit_contenders(sizes, batch, device, dtype):
+def _fit_contenders(sizes, batch, device, dtype, precision=None):
     stock, mine = _stock_pair(sizes, device, dtype)
     gen = torch.Generator().manual_seed(1)
     samples = FIT_STEPS * batch
@@ -286,30 +320,37 @@ def _fit_contenders(sizes, batch, device, dtype):
     y = torch.randn(samples, sizes[-1], generator=gen, dtype=dtype).to(device)
     kw = {"lr": LR, "momentum": MOMENTUM}
 
-    def stock_epoch(variant):
+    def stock_epoch(variant, mixed):
         model = copy.deepcopy(stock)
         optimizer = torch.optim.SGD(model.parameters(), **{variant: True}, **kw)
         order_gen = torch.Generator().manual_seed(0)
+        scaler = _stock_scaler(mixed, device)
 
         def epoch():
             order = torch.randperm(samples, generator=order_gen).to(device)
             for start in range(0, samples, batch):
                 index = order[start:start + batch]
-                _stock_step(model, optimizer, x[index], y[index])()
+                _stock_step(model, optimizer, x[index], y[index], "mse", mixed, scaler)()
         return epoch
 
-    trainer = torchext.Trainer(mine, torchext.optim.SGD(mine.parameters(), **kw), "mse")
+    contenders = {}
+    for mixed in (None, precision) if precision else (None,):
+        prefix = "torch autocast" if mixed else "torch"
+        for variant in ("foreach", "fused"):
+            contenders[f"{prefix} {variant}"] = stock_epoch(variant, mixed)
+    trainer = torchext.Trainer(mine, torchext.optim.SGD(mine.parameters(), **kw), "mse",
+                               precision=precision)
     fit_gen = torch.Generator().manual_seed(0)
-    return {"torch foreach": stock_epoch("foreach"), "torch fused": stock_epoch("fused"),
-            "torchext": lambda: trainer.fit(x, y, epochs=1, batch_size=batch,
-                                            generator=fit_gen, progress=False)}
+    contenders["torchext"] = lambda: trainer.fit(x, y, epochs=1, batch_size=batch,
+                                                 generator=fit_gen, progress=False)
+    return contenders
 
 
 # ---------------------------------------------------------------------------- the matrix
 
-def cells(kinds, widths, batches):
+def cells(kinds, widths, batches, extra_networks=()):
     """(kind, sizes, batch, loss) of every cell; sgd cells do not depend on the batch."""
-    networks = [SEED_SIZES] + [[w] * 4 for w in widths]
+    networks = [SEED_SIZES] + [[w] * 4 for w in widths] + [list(n) for n in extra_networks]
     out = []
     for kind in kinds:
         if kind == "ddp":
@@ -330,7 +371,7 @@ def cells(kinds, widths, batches):
 
 
 def run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s, notes, loss="mse",
-             peaks=None):
+             peaks=None, precision=None):
     if compile_:
         # Dynamo caches per code object (one Sequential.forward for every network) and stops
         # compiling after a few recompiles; a reset gives each cell its own compiled code.
@@ -340,20 +381,23 @@ def run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s, notes
     elif kind == "sgd":
         contenders = _sgd_contenders(sizes, device, dtype)
     elif kind == "step":
-        contenders = _step_contenders(sizes, batch, device, dtype, compile_, notes, loss)
+        contenders = _step_contenders(sizes, batch, device, dtype, compile_, notes, loss,
+                                      precision)
     elif kind == "threads":
         threads = torch.get_num_threads()
         contenders = _threads_contenders(sizes, batch, device, dtype, loss, threads)
     else:
-        contenders = _fit_contenders(sizes, batch, device, dtype)
-    if "torch compile" in contenders:
+        contenders = _fit_contenders(sizes, batch, device, dtype, precision)
+    for name in ("torch compile", "torch autocast compile"):
+        if name not in contenders:
+            continue
         # Compiling happens at the first call; any failure drops only this contender.
         try:
-            contenders["torch compile"]()
+            contenders[name]()
         except Exception as exc:  # noqa: BLE001
             notes.append(f"torch.compile skipped for {kind} {sizes} b{batch}: "
                          f"{_first_line(exc)}")
-            del contenders["torch compile"]
+            del contenders[name]
     if kind == "threads":
         try:
             times = measure(contenders, ThreadsTimer(device), rounds, block_s)
@@ -361,13 +405,20 @@ def run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s, notes
             torch.set_num_threads(threads)
     else:
         times = measure(contenders, Timer(device), rounds, block_s)
+    mine = times["torchext"]["median_s"]
     stock = {name: t["median_s"] for name, t in times.items() if not name.startswith("torchext")}
-    best = min(stock, key=stock.get)
+    # With a precision: like against like (the autocast loops), and against float32 too.
+    mixed = {name: t for name, t in stock.items() if name.startswith("torch autocast")}
+    best = min(mixed or stock, key=(mixed or stock).get)
     layer = sizes[:2] if kind == "linear" else sizes
     params = sum(o * i + o for i, o in itertools.pairwise(layer))
     cell = {"kind": kind, "network": _network_name(layer, loss), "sizes": layer, "batch": batch,
             "loss": loss, "params": params, "times": times, "best_stock": best,
-            "ratio": stock[best] / times["torchext"]["median_s"]}
+            "ratio": stock[best] / mine}
+    if mixed:
+        fp32 = {name: t for name, t in stock.items() if name not in mixed}
+        best_fp32 = min(fp32, key=fp32.get)
+        cell.update(best_stock_fp32=best_fp32, ratio_fp32=stock[best_fp32] / mine)
     if kind == "threads":
         one, many = _threads_name(1), _threads_name(threads)
         cell["threads"] = threads
@@ -425,6 +476,21 @@ def _kinds(text):
     return kinds
 
 
+def _networks(text):
+    networks = []
+    for item in text.split(","):
+        try:
+            sizes = [int(v) for v in item.strip().split("-")]
+        except ValueError:
+            sizes = []
+        if len(sizes) < 2 or not all(1 <= v <= 65536 for v in sizes):
+            raise argparse.ArgumentTypeError(
+                f"bad network {item.strip()!r}: two or more sizes in [1, 65536] joined with '-', "
+                "e.g. 1024-4096-4096-1024")
+        networks.append(sizes)
+    return networks
+
+
 PROG = "python -m torchext bench"
 MAX_THREADS = 1024  # as for the main job: far beyond any machine's cores
 
@@ -438,11 +504,20 @@ def build_parser():
     parser.add_argument("--quick", action="store_true",
                         help="a smaller matrix, fewer rounds, no torch.compile (under a minute "
                              "on a 2-core CPU)")
-    parser.add_argument("--kinds", type=_kinds, default=list(KINDS),
-                        help=f"comma-separated subset of {','.join(KINDS)} (default: all)")
+    parser.add_argument("--kinds", type=_kinds,
+                        help=f"comma-separated subset of {','.join(KINDS)} (default: all; "
+                             f"{','.join(MIXED_KINDS)} with --precision)")
+    parser.add_argument("--precision", choices=list(PRECISIONS),
+                        help="time Trainer(precision=...) against the stock loops under "
+                             "torch.autocast and in float32 (step and fit cells; float32 "
+                             "models)")
     parser.add_argument("--widths", type=int_list(1, 65536, what="widths"),
                         help="widths of the square 4-layer networks timed besides the seed "
                              "network (default: 256,1024 on CPU, 1024,4096 on CUDA)")
+    parser.add_argument("--networks", type=_networks,
+                        help="comma-separated networks given by their sizes joined with '-' "
+                             "(e.g. 1024-4096-4096-1024), timed besides the seed network and, "
+                             "when --widths is given too, the square ones")
     parser.add_argument("--batch-sizes", type=int_list(1, 2**20, what="batch sizes"),
                         help="batch sizes (default per device)")
     parser.add_argument("--rounds", type=integer(1, 1000),
@@ -465,7 +540,7 @@ def run(args, argv):
     """Times every cell; returns the JSON-ready report."""
     device, dtype = args.device, getattr(torch, args.dtype)
     key = ("cuda" if device.startswith("cuda") else "cpu", args.quick)
-    widths = WIDTHS[key] if args.widths is None else args.widths
+    widths = args.widths if args.widths is not None else [] if args.networks else WIDTHS[key]
     batches = BATCHES[key] if args.batch_sizes is None else args.batch_sizes
     rounds = args.rounds or (3 if args.quick else 9)
     block_s = (args.block_ms or (20 if args.quick else 100)) / 1e3
@@ -478,11 +553,12 @@ def run(args, argv):
         # small ops then take milliseconds and the numbers say more about the load than torch.
         notes.append(f"load average {load_before[0]} exceeds the {cores} cores and torch uses "
                      f"{threads} threads: timings are unreliable; --threads 1 is steadier")
-    if "threads" in args.kinds and (device.startswith("cuda") or torch.get_num_threads() < 2):
+    kinds = args.kinds or list(MIXED_KINDS if args.precision else KINDS)
+    if "threads" in kinds and (device.startswith("cuda") or torch.get_num_threads() < 2):
         notes.append("threads left out: it compares 1 thread with several on the CPU")
-        args.kinds = [k for k in args.kinds if k != "threads"]
+        kinds = [k for k in kinds if k != "threads"]
     peaks = measure_peaks(device, dtype)
-    todo = cells(args.kinds, widths, batches)
+    todo = cells(kinds, widths, batches, args.networks or ())
     results = []
     bar = progress_bar(len(todo), label="bench", when="auto")
     try:
@@ -490,13 +566,13 @@ def run(args, argv):
             if bar is not None:
                 bar.update(i, f"{kind} {'-'.join(map(str, sizes))} b{batch}")
             results.append(run_cell(kind, sizes, batch, device, dtype, compile_, rounds, block_s,
-                                    notes, loss, peaks))
+                                    notes, loss, peaks, args.precision))
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
     finally:
         if bar is not None:
             bar.close()
-    if "ddp" in args.kinds:
+    if "ddp" in kinds:
         if device.startswith("cuda"):
             notes.append("ddp left out: it runs on the CPU (gloo) only")
         else:
@@ -509,7 +585,8 @@ def run(args, argv):
         "benchmark": "torchext vs stock torch",
         "command": shlex.join(["python", "-m", "torchext", "bench", *argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device, "dtype": args.dtype, "machine": machine(device),
+        "device": device, "dtype": args.dtype, "precision": args.precision,
+        "machine": machine(device),
         "load_average": {"before": load_before, "after": _load_average()}, "peaks": peaks,
         "settings": {"quick": args.quick, "rounds": rounds, "block_s": block_s,
                      "compile": compile_, "lr": LR, "momentum": MOMENTUM},
@@ -522,6 +599,14 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_device(parser, args.device)
+    if args.precision:
+        if args.dtype != "float32":
+            parser.error(f"--precision {args.precision} trains float32 models; leave out --dtype "
+                         f"{args.dtype}")
+        other = [kind for kind in args.kinds or () if kind not in MIXED_KINDS]
+        if other:
+            parser.error(f"--precision times the {' and '.join(MIXED_KINDS)} kinds, not "
+                         f"{', '.join(other)}")
     if args.plot:
         try:
             import matplotlib  # noqa: F401

@@ -53,8 +53,11 @@ def _sections(report):
 
 
 def _head(rows, names):
-    return ["network", "batch", *(h for h, _ in _extra_columns(rows[0])), *names, "best stock",
+    head = ["network", "batch", *(h for h, _ in _extra_columns(rows[0])), *names, "best stock",
             "ratio"]
+    if any("ratio_fp32" in cell for cell in rows):
+        head += ["best float32", "ratio fp32"]
+    return head
 
 
 def _row(cell, names):
@@ -64,12 +67,17 @@ def _row(cell, names):
         t = cell["times"].get(name)
         values.append("-" if t is None else f"{_time(t['median_s'])} ±{t['spread'] * 50:.0f}%")
     values += [cell["best_stock"].replace("torch ", ""), f"{cell['ratio']:.2f}"]
+    if "ratio_fp32" in cell:
+        values += [cell["best_stock_fp32"].replace("torch ", ""), f"{cell['ratio_fp32']:.2f}"]
     return values
 
 
 def _header_lines(report):
     m, load = report["machine"], report["load_average"]
     device = m.get("gpu", m["cpu"])
+    precision = report.get("precision")
+    mixed = (f" (torchext with precision={precision!r}; ratio against the stock loops under "
+             "torch.autocast, ratio fp32 against the float32 ones)") if precision else ""
     lines = [
         f"date: {report['date']}   command: {report['command']}",
         (f"machine: {device}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} "
@@ -77,7 +85,7 @@ def _header_lines(report):
          f"Python {m['python']}"),
         f"load average (1, 5, 15 min): before {load['before']}, after {load['after']}",
         *_peaks_line(report),
-        (f"{report['dtype']} on {report['device']}; each cell: median per call over "
+        (f"{report['dtype']}{mixed} on {report['device']}; each cell: median per call over "
          f"{report['settings']['rounds']} alternating rounds, ± half the spread (max - min) "
          "in % of the median; ratio = best stock / torchext (> 1: torchext faster)"),
     ]

@@ -6,6 +6,10 @@ C++ core (``torchext._C.TrainerCore``) when the model is a chain of dense layers
 float64. Anything else runs the same loop eagerly in Python (``torchext._eager``), with the same
 API. ``trainer.backend`` says which: ``"cpu"``, ``"cuda"`` or ``"eager"``.
 
+``precision="bf16-mixed"`` or ``"16-mixed"`` trains a float32 model in mixed precision, as the stock
+loop under ``torch.autocast`` (with ``torch.amp.GradScaler`` for float16) does; see
+``torchext._mixed``.
+
 State flows one way. The model's own parameters are trained in place, re-checked at every call
 (replaced Parameters are an error; shapes, dtypes and devices changed in place are picked up; a
 parameter with ``requires_grad`` off is frozen, as in the stock loop). Hyper-parameters are read
@@ -43,6 +47,7 @@ from ._chain import extract_chain
 from ._checkpoint import CheckpointError, checked_state, checksum, read_checkpoint, write_atomically
 from ._distributed import resolve
 from ._eager import eager_evaluate, eager_fit, eager_step
+from ._mixed import check_precision, check_scaler_state, make_scaler, prepare_scaler
 from .cli_support import fit_progress
 from .optim import SGD as TorchextSGD
 
@@ -103,10 +108,18 @@ class Trainer:
         process_group: a ``torch.distributed.ProcessGroup`` (e.g.
             ``torch.distributed.group.WORLD``) to train data-parallel without DDP; a
             ``DistributedDataParallel`` model brings its own. Construction is then collective.
+        precision: ``None`` (the model's own dtype), ``"bf16-mixed"`` or ``"16-mixed"``: the
+            Linear layers and activations in bfloat16 or float16 as under ``torch.autocast``,
+            the loss and the update in float32 on the model's float32 parameters.
+        scaler: with ``"16-mixed"``, the ``torch.amp.GradScaler`` whose settings and state the
+            training uses (default: ``torch.amp.GradScaler(device)``, GradScaler's defaults);
+            it is ``trainer.scaler``, and its state is saved in checkpoints.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 loss: Union[str, nn.Module] = "mse", *, process_group=None) -> None:
+                 loss: Union[str, nn.Module] = "mse", *, process_group=None,
+                 precision: Optional[str] = None,
+                 scaler: Optional[torch.amp.GradScaler] = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -114,6 +127,20 @@ class Trainer:
                             f"{type(optimizer).__name__}")
         name = _loss_name(loss)
         module, self._dp, core_allowed = resolve(model, process_group)
+        precision = check_precision(precision)
+        if precision is not None and self._dp is not None:
+            raise ValueError(f"precision={precision!r} does not train data-parallel yet; leave "
+                             "it out, or train in one process")
+        first = next(iter(module.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+        if precision is not None:
+            other = next(((n, p) for n, p in module.named_parameters()
+                          if p.dtype != torch.float32), None)
+            if other is not None:
+                raise ValueError(f"precision={precision!r} trains float32 models (the float32 "
+                                 f"parameters are its master weights), but {other[0]} is "
+                                 f"{other[1].dtype}; convert the model with model.float()")
+        scaler = make_scaler(precision, scaler, device)
         owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
         missing = [n for n, p in module.named_parameters()
                    if p.requires_grad and id(p) not in owned]
@@ -123,6 +150,8 @@ class Trainer:
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = _LOSSES[name]() if isinstance(loss, str) else loss
+        self._precision = precision
+        self._scaler = scaler
         self._module = module  # the model without its DistributedDataParallel wrapper
         self._core = None
         self._eager_steps = 0
@@ -138,7 +167,8 @@ class Trainer:
                 self._core = _C.TrainerCore(
                     [layer.weight for layer in layers], [layer.bias for layer in layers],
                     [layer.activation for layer in layers], name, optimizer, params, chain.watch,
-                    None if self._dp is None else self._dp.group, [names[id(p)] for p in params])
+                    None if self._dp is None else self._dp.group, [names[id(p)] for p in params],
+                    precision=precision or "", scaler=scaler)
         if self._dp is not None:
             if self._core is not None:
                 self._dp.replicate_buffers("torchext.Trainer")
@@ -157,8 +187,26 @@ class Trainer:
         return None if self._dp is None else self._dp.group
 
     @property
+    def precision(self) -> Optional[str]:
+        """``None`` (the model's own dtype), ``"bf16-mixed"`` or ``"16-mixed"``."""
+        return self._precision
+
+    @property
+    def scaler(self) -> Optional[torch.amp.GradScaler]:
+        """The ``torch.amp.GradScaler`` of a ``"16-mixed"`` trainer, else None.
+
+        The training steps its scale and growth tracker in place, as ``scaler.update()`` would.
+        """
+        return self._scaler
+
+    @property
     def steps(self) -> int:
-        """The number of updates applied (restored by :meth:`load_state_dict`)."""
+        """The number of steps taken (restored by :meth:`load_state_dict`).
+
+        Each step applies its update, except in ``"16-mixed"`` a step whose gradients the loss
+        scaler found not finite: it changes no parameter and no buffer, yet counts, as an
+        iteration of the stock loop does.
+        """
         return self._core.steps if self._core is not None else self._eager_steps
 
     @steps.setter
@@ -177,10 +225,12 @@ class Trainer:
         self._set_steps(self.steps + 1)
 
     def __repr__(self) -> str:
+        precision = f", precision={self.precision!r}" if self.precision else ""
         ranks = "" if self._dp is None else \
             f", rank={self._dp.rank}, world_size={self._dp.world_size}"
         return (f"Trainer(backend={self.backend!r}, model={type(self.model).__name__}, "
-                f"optimizer={type(self.optimizer).__name__}, loss={self.loss_fn!r}{ranks})")
+                f"optimizer={type(self.optimizer).__name__}, loss={self.loss_fn!r}{ranks}"
+                f"{precision})")
 
     def _uses_core(self) -> bool:
         # Hooks belong to optimizer.step() and module forwards: with any registered, run those.
@@ -205,6 +255,7 @@ class Trainer:
         if self._dp is not None:
             self._dp.check_synchronising("torchext.Trainer.step")
         if self._uses_core():
+            self._prepare_scaler()
             loss = self._core.step(x, y)
             # What optimizer.step() flags: LR schedulers check it to warn about calling
             # scheduler.step() before any optimizer step.
@@ -268,6 +319,7 @@ class Trainer:
             callback, close = fit_progress(epochs, steps_per_epoch, when=when)
         try:
             if self._uses_core():
+                self._prepare_scaler()
                 losses = self._core.fit(x, y, epochs, batch_size, shuffle, generator, callback,
                                         seed, start_epoch)
                 self.optimizer._opt_called = True
@@ -290,6 +342,11 @@ class Trainer:
             return self._core.evaluate(x, y, batch_size)
         with self._lock.hold("run", "torchext.Trainer.evaluate"):
             return eager_evaluate(self, x, y, batch_size)
+
+    def _prepare_scaler(self):
+        first = next(iter(self.model.parameters()), None)
+        if first is not None:
+            prepare_scaler(self.scaler, first.device)
 
     @staticmethod
     def _check_tensors(x, y, who):
@@ -315,19 +372,27 @@ class Trainer:
 
         ``"model"`` is the state of the model without its DistributedDataParallel wrapper, so
         checkpoints move between data-parallel and single-process Trainers.
+
+        A ``"16-mixed"`` trainer adds ``"scaler"``: ``trainer.scaler.state_dict()``.
         """
         with self._lock.hold("read", "torchext.Trainer.state_dict"):
             return self._state()
 
     def _state(self):
-        return {"model": self._module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "step": self.steps, "torchext_version": __version__}
+        state = {"model": self._module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "step": self.steps, "torchext_version": __version__}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restores model, optimizer and step count.
 
         Everything is checked first — the keys, every tensor's shape, kind and device, the
-        optimizer's groups and buffers, the step count — so on a bad state nothing changes.
+        optimizer's groups and buffers, the step count, the loss scaler's state — so on a bad
+        state nothing changes. A ``"16-mixed"`` trainer restores its scaler from ``"scaler"``
+        (a checkpoint without one, or with a disabled scaler's ``{}``, leaves it as it is); other
+        precisions ignore that entry.
         Data-parallel it is collective: every rank must pass the same state (same step and
         checksum), or every rank raises and none changes.
         """
@@ -341,8 +406,11 @@ class Trainer:
         def checked():
             state = read_state()
             try:
-                return state, checked_state(state, self._module, self.optimizer,
-                                            _is_sgd(self.optimizer))
+                step = checked_state(state, self._module, self.optimizer,
+                                     _is_sgd(self.optimizer))
+                if self.scaler is not None and state.get("scaler") is not None:
+                    check_scaler_state(state["scaler"])
+                return state, step
             except ValueError as exc:
                 if misfit is None:
                     raise
@@ -364,6 +432,8 @@ class Trainer:
                     raise failure
             self.optimizer.load_state_dict(state["optimizer"])
             self._module.load_state_dict(state["model"])
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
             self._set_steps(step)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
