@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 namespace torchext::train::mixed {
 namespace {
@@ -78,6 +79,21 @@ inline float activation_slope_times(Activation act, float g, float z, float a) {
   return g;
 }
 
+// Calls f with the activation as a compile-time constant, so that the row loops
+// below fold the activation's switch away and vectorise (with the switch inside
+// the loop, ReLU's backward pass of the seed network took ~5 ns per element).
+template <class F>
+void with_activation(Activation act, const F& f) {
+  switch (act) {
+    case Activation::ReLU: return f(std::integral_constant<Activation, Activation::ReLU>());
+    case Activation::Tanh: return f(std::integral_constant<Activation, Activation::Tanh>());
+    case Activation::Sigmoid: return f(std::integral_constant<Activation, Activation::Sigmoid>());
+    case Activation::GELU: return f(std::integral_constant<Activation, Activation::GELU>());
+    case Activation::Identity: break;
+  }
+  f(std::integral_constant<Activation, Activation::Identity>());
+}
+
 }  // namespace
 
 void round_to(at::ScalarType compute, const float* src, float* dst, int64_t n) {
@@ -89,21 +105,23 @@ void round_to(at::ScalarType compute, const float* src, float* dst, int64_t n) {
 void bias_activation(at::ScalarType compute, float* z, const float* bias, int64_t rows,
                      int64_t cols, Activation act, float* out) {
   dispatch(compute, [&](auto r) {
-    for (int64_t i = 0; i < rows; ++i) {
-      float* zr = z + i * cols;
-      float* outr = out + i * cols;
-      if (bias != nullptr) {
-        for (int64_t c = 0; c < cols; ++c) zr[c] = r.round(zr[c] + bias[c]);
-      } else {
-        for (int64_t c = 0; c < cols; ++c) zr[c] = r.round(zr[c]);
+    with_activation(act, [&](auto kAct) {
+      for (int64_t i = 0; i < rows; ++i) {
+        float* zr = z + i * cols;
+        float* outr = out + i * cols;
+        if (bias != nullptr) {
+          for (int64_t c = 0; c < cols; ++c) zr[c] = r.round(zr[c] + bias[c]);
+        } else {
+          for (int64_t c = 0; c < cols; ++c) zr[c] = r.round(zr[c]);
+        }
+        if constexpr (kAct == Activation::Identity || kAct == Activation::ReLU) {
+          // Exact in the compute dtype: no rounding needed.
+          for (int64_t c = 0; c < cols; ++c) outr[c] = activate(kAct, zr[c]);
+        } else {
+          for (int64_t c = 0; c < cols; ++c) outr[c] = r.round(activate(kAct, zr[c]));
+        }
       }
-      if (act == Activation::Identity || act == Activation::ReLU) {
-        // Exact in the compute dtype: no rounding needed.
-        for (int64_t c = 0; c < cols; ++c) outr[c] = activate(act, zr[c]);
-      } else {
-        for (int64_t c = 0; c < cols; ++c) outr[c] = r.round(activate(act, zr[c]));
-      }
-    }
+    });
   });
 }
 
@@ -111,17 +129,19 @@ void activation_backward(at::ScalarType compute, float* grad, const float* z, co
                          int64_t rows, int64_t cols, Activation act, float* bias_grad) {
   dispatch(compute, [&](auto r) {
     if (bias_grad != nullptr) std::fill(bias_grad, bias_grad + cols, 0.0f);
-    for (int64_t i = 0; i < rows; ++i) {
-      float* g = grad + i * cols;
-      const float* zr = z + i * cols;
-      const float* ar = a + i * cols;
-      for (int64_t c = 0; c < cols; ++c) {
-        g[c] = r.round(activation_slope_times(act, r.round(g[c]), zr[c], ar[c]));
+    with_activation(act, [&](auto kAct) {
+      for (int64_t i = 0; i < rows; ++i) {
+        float* g = grad + i * cols;
+        const float* zr = z + i * cols;
+        const float* ar = a + i * cols;
+        for (int64_t c = 0; c < cols; ++c) {
+          g[c] = r.round(activation_slope_times(kAct, r.round(g[c]), zr[c], ar[c]));
+        }
+        if (bias_grad != nullptr) {
+          for (int64_t c = 0; c < cols; ++c) bias_grad[c] += g[c];
+        }
       }
-      if (bias_grad != nullptr) {
-        for (int64_t c = 0; c < cols; ++c) bias_grad[c] += g[c];
-      }
-    }
+    });
     if (bias_grad != nullptr) {
       for (int64_t c = 0; c < cols; ++c) bias_grad[c] = r.round(bias_grad[c]);
     }
