@@ -8,7 +8,7 @@
 // tcp:<host>:<port> (a c10d::TCPStore served by rank 0). Start one process per
 // rank, e.g. on one machine:
 //
-//   train_ddp 0 2 file:/tmp/ddp-store & train_ddp 1 2 file:/tmp/ddp-store
+//   train_ddp 0 2 file:ddp-store & train_ddp 1 2 file:ddp-store
 //
 // Every process makes the same data (same seed) and its own initial weights;
 // the Trainer replaces them with rank 0's, averages the gradients over the ranks
