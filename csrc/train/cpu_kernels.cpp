@@ -135,12 +135,14 @@ double squared_error_portable(const T* __restrict out, const T* __restrict targe
 // Each block function in its three builds: NAME (baseline), NAME_avx2 and
 // NAME_avx512, and pick_NAME<T>(), the one cpu_isa() selects. (The passes that
 // vectorise poorly this way have SIMD builds of their own: passes_simd.h.)
+#define TORCHEXT_PORTABLE_BUILD(name, ret, params, args) \
+  template <typename T>                                  \
+  ret name params {                                      \
+    return name##_body args;                             \
+  }
 #if TORCHEXT_X86_SIMD
 #define TORCHEXT_BUILDS(name, ret, params, args)                  \
-  template <typename T>                                           \
-  ret name params {                                               \
-    return name##_body args;                                      \
-  }                                                               \
+  TORCHEXT_PORTABLE_BUILD(name, ret, params, args)                \
   template <typename T>                                           \
   TORCHEXT_TARGET_AVX2 ret name##_avx2 params {                   \
     return name##_body args;                                      \
@@ -159,14 +161,11 @@ double squared_error_portable(const T* __restrict out, const T* __restrict targe
     return &name<T>;                                              \
   }
 #else
-#define TORCHEXT_BUILDS(name, ret, params, args) \
-  template <typename T>                          \
-  ret name params {                              \
-    return name##_body args;                     \
-  }                                              \
-  template <typename T>                          \
-  auto pick_##name() {                           \
-    return &name<T>;                             \
+#define TORCHEXT_BUILDS(name, ret, params, args)   \
+  TORCHEXT_PORTABLE_BUILD(name, ret, params, args) \
+  template <typename T>                            \
+  auto pick_##name() {                             \
+    return &name<T>;                               \
   }
 #endif
 
@@ -179,6 +178,7 @@ TORCHEXT_BUILDS(activation_backward_block, void,
                  int64_t cols, Activation act, T* bias_grad),
                 (grad, z, a, rows, c0, c1, cols, act, bias_grad))
 #undef TORCHEXT_BUILDS
+#undef TORCHEXT_PORTABLE_BUILD
 
 using torchext::cpu::Isa;
 
