@@ -344,9 +344,11 @@ class Trainer:
             return eager_evaluate(self, x, y, batch_size)
 
     def _prepare_scaler(self):
+        if self._scaler is None:  # every precision but "16-mixed": nothing to do in the hot path
+            return
         first = next(iter(self.model.parameters()), None)
         if first is not None:
-            prepare_scaler(self.scaler, first.device)
+            prepare_scaler(self._scaler, first.device)
 
     @staticmethod
     def _check_tensors(x, y, who):
