@@ -165,3 +165,22 @@ def test_ctrl_c_during_fit_without_a_callback():
     finally:
         child.kill()
     assert child.returncode == 0 and out.strip().endswith("OK"), (child.returncode, out, err)
+
+
+def test_a_momentum_buffer_resized_inside_fit_is_a_clear_error():
+    # fit builds its update once; the update still checks each buffer's shape
+    # before writing through it.
+    run("""
+        model, trainer = seed_trainer()
+        trainer.step(x, y)
+        buffer = trainer.optimizer.state[model[0].weight]["momentum_buffer"]
+        def shrink(*args):
+            buffer.resize_(0)
+        try:
+            trainer.fit(x, y, epochs=2, batch_size=64, progress=shrink)
+        except RuntimeError as error:
+            assert "momentum_buffers[0] has shape [0]" in str(error), error
+        else:
+            raise AssertionError("no error")
+        print("OK")
+    """)

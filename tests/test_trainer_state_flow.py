@@ -378,6 +378,48 @@ def test_a_bad_learning_rate_in_a_group_is_a_clear_error(lr):
     assert trainer.steps == 0 and not trainer.optimizer.state
 
 
+@pytest.mark.parametrize("damage, exc, match", [
+    (lambda opt: opt.param_groups[0].pop("momentum"), KeyError,
+     r"param_groups\[0\] has no 'momentum'"),
+    (lambda opt: setattr(opt, "state", []), TypeError, "optimizer.state must be a dict"),
+    (lambda opt: opt.param_groups.__setitem__(0, [1]), TypeError,
+     r"param_groups\[0\] must be a dict"),
+])
+def test_a_damaged_optimizer_is_a_clear_error_with_nothing_changed(damage, exc, match):
+    model, trainer, _, _ = setup()
+    trainer.step(*data(16))  # buffers exist: the failing read comes after a good one
+    before = copy.deepcopy(model.state_dict())
+    damage(trainer.optimizer)
+    with pytest.raises(exc, match=match):
+        trainer.step(*data(16))
+    assert trainer.steps == 1
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_the_core_reads_the_optimizer_as_it_is_at_each_step():
+    """Groups whose params are tuples, a learning rate changed between steps, and
+    state replaced by load_state_dict are all read afresh, as the stock loop reads them."""
+    torch.manual_seed(0)
+    model = MLP(SIZES, dtype=torch.float64)
+    reference = copy.deepcopy(model)
+    opt = torchext.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    stock_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    opt.param_groups[0]["params"] = tuple(opt.param_groups[0]["params"])
+    trainer = torchext.Trainer(model, opt)
+    for step in range(4):
+        x, y = data(16, seed=step)
+        if step == 2:
+            for group in (opt.param_groups[0], stock_opt.param_groups[0]):
+                group["lr"] = 0.05
+            saved = copy.deepcopy(opt.state_dict())
+            opt.load_state_dict(saved)  # new state dict, new buffer tensors
+        trainer.step(x, y)
+        stock_step(reference, stock_opt, x, y)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("call, exc, match", [
     (lambda t: t.step([[1.0] * 6], torch.zeros(1, 5)), TypeError, "x must be a tensor, got list"),
     (lambda t: t.step(torch.zeros(1, 6), None), TypeError, "y must be a tensor"),

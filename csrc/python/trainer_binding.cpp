@@ -105,33 +105,44 @@ class SigintWatch {
 class PyOptimizerLink final : public torchext::OptimizerLink {
  public:
   // `params`: the core's parameters as Python objects, in the core's order;
-  // `scaler`: the torch.amp.GradScaler of a 16-mixed trainer, else None.
+  // `scaler`: the torch.amp.GradScaler of a 16-mixed trainer, else None. With the GIL.
   PyOptimizerLink(py::object optimizer, std::vector<py::object> params, py::object scaler)
       : optimizer_(std::move(optimizer)), params_(std::move(params)), scaler_(std::move(scaler)) {
     for (size_t i = 0; i < params_.size(); ++i) {
       index_[params_[i].ptr()] = static_cast<int64_t>(i);
+      // torch.Tensor.__hash__ is id(): computed once here, it spares a call into
+      // Python for every state lookup of every step.
+      const Py_hash_t hash = PyObject_Hash(params_[i].ptr());
+      if (hash == -1) throw py::error_already_set();
+      hashes_.push_back(hash);
     }
   }
 
+  // Runs at every step, so it reads through interned keys (hashed once) and the
+  // cached parameter hashes, and allocates little: on a small model it is a good
+  // part of the step's fixed cost.
   std::vector<torchext::SGDGroup> read_groups() override {
     py::gil_scoped_acquire gil;
+    const Keys& k = keys();
     std::vector<torchext::SGDGroup> out;
-    const py::object state = optimizer_.attr("state");
+    const py::object state = attribute(optimizer_, k.state);
+    const py::object groups = attribute(optimizer_, k.param_groups);
     size_t g = 0;
-    for (const py::handle group : optimizer_.attr("param_groups")) {
+    for (const py::handle group : groups) {
       torchext::SGDGroup spec;
-      spec.lr = number(group, "lr", g);
-      spec.options.momentum = number(group, "momentum", g);
-      spec.options.dampening = number(group, "dampening", g);
-      spec.options.weight_decay = number(group, "weight_decay", g);
-      spec.options.nesterov = flag(group, "nesterov", g);
-      spec.options.maximize = flag(group, "maximize", g);
-      for (const py::handle p : entry(group, "params", g)) {
-        auto it = index_.find(p.ptr());
-        if (it == index_.end()) continue;  // not the model's: no gradient, so no update
+      spec.lr = number(group, k.lr, g);
+      spec.options.momentum = number(group, k.momentum, g);
+      spec.options.dampening = number(group, k.dampening, g);
+      spec.options.weight_decay = number(group, k.weight_decay, g);
+      spec.options.nesterov = flag(group, k.nesterov, g);
+      spec.options.maximize = flag(group, k.maximize, g);
+      const bool with_momentum = spec.options.momentum != 0;
+      for_each_item(entry(group, k.params, g), [&](PyObject* p) {
+        auto it = index_.find(p);
+        if (it == index_.end()) return;  // not the model's: no gradient, so no update
         spec.params.push_back(it->second);
-        if (spec.options.momentum != 0) spec.momentum_buffers.push_back(buffer_of(state, p, g));
-      }
+        if (with_momentum) spec.momentum_buffers.push_back(buffer_of(state, it->second, g));
+      });
       out.push_back(std::move(spec));
       ++g;
     }
@@ -177,40 +188,87 @@ class PyOptimizerLink final : public torchext::OptimizerLink {
   }
 
  private:
-  static py::object entry(py::handle group, const char* key, size_t g) {
+  // The names read at every step, interned once (so their hashes are cached and
+  // dict lookups compare pointers). Created on first use, with the GIL, and kept
+  // for the life of the process.
+  struct Keys {
+    py::str state{"state"}, param_groups{"param_groups"}, lr{"lr"}, momentum{"momentum"},
+        dampening{"dampening"}, weight_decay{"weight_decay"}, nesterov{"nesterov"},
+        maximize{"maximize"}, params{"params"}, momentum_buffer{"momentum_buffer"};
+    Keys() {
+      for (py::str* key : {&state, &param_groups, &lr, &momentum, &dampening, &weight_decay,
+                           &nesterov, &maximize, &params, &momentum_buffer}) {
+        PyObject* interned = key->release().ptr();
+        PyUnicode_InternInPlace(&interned);
+        *key = py::reinterpret_steal<py::str>(interned);
+      }
+    }
+  };
+  static const Keys& keys() {
+    static const Keys* const keys = new Keys();  // never destroyed: Python may be gone at exit
+    return *keys;
+  }
+
+  static py::object attribute(const py::object& object, const py::str& name) {
+    PyObject* value = PyObject_GetAttr(object.ptr(), name.ptr());
+    if (value == nullptr) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(value);
+  }
+
+  // f(item) for each item of `items`: directly for a list or tuple, else through
+  // the iterator protocol.
+  template <typename F>
+  static void for_each_item(const py::object& items, F&& f) {
+    if (PyList_Check(items.ptr()) || PyTuple_Check(items.ptr())) {
+      const py::object fast = py::reinterpret_steal<py::object>(PySequence_Fast(items.ptr(), ""));
+      if (!fast) throw py::error_already_set();
+      PyObject** item = PySequence_Fast_ITEMS(fast.ptr());
+      for (Py_ssize_t i = 0, n = PySequence_Fast_GET_SIZE(fast.ptr()); i < n; ++i) f(item[i]);
+      return;
+    }
+    for (const py::handle item : items) f(item.ptr());
+  }
+
+  static py::object entry(py::handle group, const py::str& key, size_t g) {
     if (!PyDict_Check(group.ptr())) {
       throw py::type_error("torchext.Trainer: optimizer.param_groups[" + std::to_string(g) +
                            "] must be a dict");
     }
-    PyObject* value = PyDict_GetItemString(group.ptr(), key);
+    PyObject* value = PyDict_GetItemWithError(group.ptr(), key.ptr());
     if (value == nullptr) {
+      if (PyErr_Occurred()) throw py::error_already_set();
       throw py::key_error("torchext.Trainer: optimizer.param_groups[" + std::to_string(g) +
-                          "] has no '" + key + "'");
+                          "] has no '" + key.cast<std::string>() + "'");
     }
     return py::reinterpret_borrow<py::object>(value);
   }
 
-  static double number(py::handle group, const char* key, size_t g) {
+  static double number(py::handle group, const py::str& key, size_t g) {
     const py::object value = entry(group, key, g);
     const double d = PyFloat_AsDouble(value.ptr());  // floats, ints, one-element tensors
     if (d == -1.0 && PyErr_Occurred()) {
       PyErr_Clear();
       throw py::type_error("torchext.Trainer: optimizer.param_groups[" + std::to_string(g) + "]['" +
-                           key + "'] must be a number, got " +
+                           key.cast<std::string>() + "'] must be a number, got " +
                            std::string(py::str(py::type::handle_of(value).attr("__name__"))));
     }
     return d;
   }
 
-  static bool flag(py::handle group, const char* key, size_t g) {
+  static bool flag(py::handle group, const py::str& key, size_t g) {
     const int truth = PyObject_IsTrue(entry(group, key, g).ptr());
     if (truth < 0) throw py::error_already_set();
     return truth != 0;
   }
 
-  static at::Tensor buffer_of(const py::object& state, py::handle param, size_t g) {
+  // The momentum buffer of parameter `param` in optimizer.state, or undefined.
+  at::Tensor buffer_of(const py::object& state, int64_t param, size_t g) const {
+    if (!PyDict_Check(state.ptr())) {
+      throw py::type_error("torchext.Trainer: optimizer.state must be a dict");
+    }
     // Without defaultdict's __missing__: reading must not create entries.
-    PyObject* param_state = PyDict_GetItemWithError(state.ptr(), param.ptr());
+    PyObject* param_state =
+        _PyDict_GetItem_KnownHash(state.ptr(), params_[param].ptr(), hashes_[param]);
     if (param_state == nullptr) {
       if (PyErr_Occurred()) throw py::error_already_set();
       return at::Tensor();
@@ -219,7 +277,8 @@ class PyOptimizerLink final : public torchext::OptimizerLink {
       throw py::type_error("torchext.Trainer: the optimizer's state of a parameter in group " +
                            std::to_string(g) + " must be a dict");
     }
-    PyObject* buffer = PyDict_GetItemString(param_state, "momentum_buffer");
+    PyObject* buffer = PyDict_GetItemWithError(param_state, keys().momentum_buffer.ptr());
+    if (buffer == nullptr && PyErr_Occurred()) throw py::error_already_set();
     if (buffer == nullptr || buffer == Py_None) return at::Tensor();
     if (!THPVariable_Check(buffer)) {
       throw py::type_error("torchext.Trainer: a momentum_buffer in the optimizer's state (group " +
@@ -241,6 +300,7 @@ class PyOptimizerLink final : public torchext::OptimizerLink {
   py::object optimizer_;
   std::vector<py::object> params_;
   std::unordered_map<PyObject*, int64_t> index_;  // keys kept alive by params_
+  std::vector<Py_hash_t> hashes_;                 // hash(params_[i])
   py::object scaler_;
 };
 
@@ -255,8 +315,10 @@ class ModelWatch {
   explicit ModelWatch(const py::list& entries) {
     for (const py::handle item : entries) {
       const auto t = item.cast<py::tuple>();
-      entries_.push_back({t[0].cast<py::object>(), t[1].cast<py::object>(), t[2].cast<py::object>(),
-                          t[3].cast<std::string>()});
+      Entry e{t[0].cast<py::object>(), t[1].cast<py::object>(), t[2].cast<py::object>(), 0,
+              t[3].cast<std::string>()};
+      if (e.key.is_none()) e.expected_size = e.expected.cast<Py_ssize_t>();
+      entries_.push_back(std::move(e));
       if (!PyDict_Check(entries_.back().dict.ptr())) {
         throw py::type_error("ModelWatch: entries must watch dicts");
       }
@@ -268,7 +330,7 @@ class ModelWatch {
     for (const Entry& e : entries_) {
       bool same;
       if (e.key.is_none()) {
-        same = PyDict_Size(e.dict.ptr()) == e.expected.cast<Py_ssize_t>();
+        same = PyDict_Size(e.dict.ptr()) == e.expected_size;
       } else {
         PyObject* now = PyDict_GetItemWithError(e.dict.ptr(), e.key.ptr());
         if (now == nullptr && PyErr_Occurred()) throw py::error_already_set();
@@ -281,6 +343,7 @@ class ModelWatch {
  private:
   struct Entry {
     py::object dict, key, expected;
+    Py_ssize_t expected_size;  // `expected` as a number, for key None
     std::string message;
   };
   std::vector<Entry> entries_;

@@ -9,6 +9,10 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUFunctions.h>
 
+#if TORCHEXT_X86_SIMD
+#include <xmmintrin.h>
+#endif
+
 #include <algorithm>
 #include <limits>
 #include <type_traits>
@@ -105,16 +109,43 @@ void run_tiles(Isa isa, const TileGemm<T>& g) {
   });
 }
 
+// t[i * out + o] = weight[o * in + i] for every element outside the block
+// o < o0, i < i0 (which the caller transposed already).
+template <typename T>
+void transpose_rest(const T* weight, int64_t out, int64_t in, int64_t o0, int64_t i0, T* t) {
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t i = o < o0 ? i0 : 0; i < in; ++i) t[i * out + o] = weight[o * in + i];
+  }
+}
+
 // Wᵀ [I, O] of weight [O, I], into a per-thread scratch buffer (the tiles read
-// B by rows).
+// B by rows). Every forward pass of a small layer transposes its weight, so
+// float weights go 4 × 4 blocks at a time through SSE registers (part of the
+// x86-64 baseline): a quarter of the instructions of the scalar loop.
 template <typename T>
 const T* transposed(const T* weight, int64_t out, int64_t in) {
   thread_local std::vector<T> scratch;
   if (static_cast<int64_t>(scratch.size()) < out * in) scratch.resize(out * in);
   T* t = scratch.data();
-  for (int64_t o = 0; o < out; ++o) {
-    for (int64_t i = 0; i < in; ++i) t[i * out + o] = weight[o * in + i];
+  int64_t o0 = 0, i0 = 0;  // the block transposed by whole 4 × 4 tiles
+#if TORCHEXT_X86_SIMD
+  if constexpr (std::is_same_v<T, float>) {
+    o0 = out / 4 * 4, i0 = in / 4 * 4;
+    for (int64_t o = 0; o < o0; o += 4) {
+      for (int64_t i = 0; i < i0; i += 4) {
+        __m128 r0 = _mm_loadu_ps(weight + o * in + i), r1 = _mm_loadu_ps(weight + (o + 1) * in + i);
+        __m128 r2 = _mm_loadu_ps(weight + (o + 2) * in + i);
+        __m128 r3 = _mm_loadu_ps(weight + (o + 3) * in + i);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_storeu_ps(t + i * out + o, r0);
+        _mm_storeu_ps(t + (i + 1) * out + o, r1);
+        _mm_storeu_ps(t + (i + 2) * out + o, r2);
+        _mm_storeu_ps(t + (i + 3) * out + o, r3);
+      }
+    }
   }
+#endif
+  transpose_rest(weight, out, in, o0, i0, t);
   return t;
 }
 

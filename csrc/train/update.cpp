@@ -1,6 +1,8 @@
 // The training core's SGD update (see update.h).
 #include "train/update.h"
 
+#include "ops/cpu/fused_sgd_cpu.h"
+
 namespace torchext::train {
 
 Update::Update(const Model& model, const Workspace& ws, const std::vector<SGDGroup>& groups)
@@ -32,8 +34,14 @@ void Update::apply(OptimizerLink& optimizer, const c10::optional<at::Tensor>& sk
   TORCH_INTERNAL_ASSERT(created_.empty() || !skip_if.has_value(),
                         "a skippable update cannot create buffers");
   apply(optimizer, [&skip_if](const GroupCall& call) {
-    fused_sgd_(call.params, call.grads, call.buffers, call.is_first_step, call.lr, call.options,
-               c10::nullopt, skip_if);
+    if (!skip_if.has_value() && call.params.front().is_cpu()) {
+      // The core validated every tensor of the call (see fused_sgd_cpu.h).
+      fused_sgd_cpu_validated(call.params, call.grads, call.buffers, call.is_first_step, call.lr,
+                              call.options);
+    } else {
+      fused_sgd_(call.params, call.grads, call.buffers, call.is_first_step, call.lr, call.options,
+                 c10::nullopt, skip_if);
+    }
   });
 }
 

@@ -155,11 +155,22 @@ void check_batch(const Model& model, const at::Tensor& x, const at::Tensor& y, c
               y.sizes());
   TORCH_CHECK(y.scalar_type() == at::kLong, who,
               ": cross_entropy targets must be int64 class indices, got ", y.scalar_type());
-  if (check_target_range) {
+  if (!check_target_range) return;
+  const int64_t classes = model.out_features();
+  if (!y.device().is_cpu()) {
     const auto [min, max] = at::aminmax(y);
     const int64_t lo = min.item<int64_t>(), hi = max.item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < model.out_features(), who, ": class index ", lo < 0 ? lo : hi,
-                " is out of range for ", model.out_features(), " classes");
+    TORCH_CHECK(lo >= 0 && hi < classes, who, ": class index ", lo < 0 ? lo : hi,
+                " is out of range for ", classes, " classes");
+    return;
+  }
+  // On the host a plain loop: aminmax and two item() calls cost more than the
+  // rest of a small step's checks together.
+  const at::Tensor targets = y.contiguous();
+  const int64_t* index = targets.const_data_ptr<int64_t>();
+  for (int64_t i = 0, n = targets.numel(); i < n; ++i) {
+    TORCH_CHECK(index[i] >= 0 && index[i] < classes, who, ": class index ", index[i],
+                " is out of range for ", classes, " classes");
   }
 }
 

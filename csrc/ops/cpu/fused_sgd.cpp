@@ -13,6 +13,8 @@
 // builds fuse x + a·y as torch's AVX2/AVX-512 kernels do, the portable spans
 // round the product and the sum as its DEFAULT kernels do
 // (ATEN_CPU_CAPABILITY=default selects both).
+#include "ops/cpu/fused_sgd_cpu.h"
+
 #include "../fused_sgd_checks.h"
 #include "fused_sgd_kernel.h"
 #include "fused_sgd_reduced.h"
@@ -159,8 +161,11 @@ bool same_dense_layout(const at::Tensor& p, const at::Tensor& t) {
 
 bool is_reduced(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at::kBFloat16; }
 
+// `is_first_step(i)`: whether buffer i is new (the op's bool[] is a c10::List,
+// the training core's a plain array).
+template <typename FirstStep>
 void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
-                        at::TensorList momentum_buffers, const c10::List<bool>& is_first_step,
+                        at::TensorList momentum_buffers, const FirstStep& is_first_step,
                         const CallArgs& args) {
   const Isa isa = cpu::cpu_isa();
   const bool has_buf = !momentum_buffers.empty();
@@ -179,7 +184,7 @@ void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
            nullptr,
            n,
            static_cast<int64_t>(p.element_size()),
-           has_buf && is_first_step.get(i),
+           has_buf && is_first_step(i),
            span_function(isa, p.scalar_type())};
     if (p.is_non_overlapping_and_dense() && same_dense_layout(p, g) && same_dense_layout(p, b)) {
       w.p = static_cast<char*>(p.data_ptr());
@@ -232,27 +237,11 @@ void fused_sgd_cpu_impl(at::TensorList params, at::TensorList grads,
   }
 }
 
-void fused_sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
-                   const c10::List<bool>& is_first_step, double lr, double momentum,
-                   double dampening, double weight_decay, bool nesterov, bool maximize,
-                   const std::optional<at::Tensor>& grad_scale,
-                   const std::optional<at::Tensor>& found_inf, const at::Tensor* lr_tensor) {
-  fused_sgd::check_args(params, grads, momentum_buffers, is_first_step.size(), momentum, lr_tensor,
-                        grad_scale, found_inf, at::kCPU);
-  if (params.empty()) return;
-  if (found_inf.has_value() && found_inf->item<float>() != 0.0f) return;
+// The coefficients of a step in every dtype among `params`, converted (with
+// torch's overflow check) before anything is written.
+CallArgs call_args(const StepArgs& step, at::TensorList params) {
   CallArgs args;
-  args.step = {lr_tensor != nullptr ? lr_tensor->item<double>() : lr,
-               momentum,
-               dampening,
-               weight_decay,
-               nesterov,
-               maximize,
-               grad_scale.has_value(),
-               grad_scale.has_value()
-                   ? static_cast<float>(1.0 / static_cast<double>(grad_scale->item<float>()))
-                   : 1.0f};
-  // Converted (with torch's overflow check) before anything is written.
+  args.step = step;
   bool has_half = false, has_bfloat16 = false;
   for (const at::Tensor& p : params) {
     has_half |= p.scalar_type() == at::kHalf;
@@ -262,7 +251,27 @@ void fused_sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList m
   args.f64 = sgd_math::cast_coeffs<double>(args.step);
   if (has_half) args.half = fused_sgd::reduced_coeffs(at::kHalf, args.step);
   if (has_bfloat16) args.bfloat16 = fused_sgd::reduced_coeffs(at::kBFloat16, args.step);
-  fused_sgd_cpu_impl(params, grads, momentum_buffers, is_first_step, args);
+  return args;
+}
+
+void fused_sgd_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
+                   const c10::List<bool>& is_first_step, double lr, double momentum,
+                   double dampening, double weight_decay, bool nesterov, bool maximize,
+                   const std::optional<at::Tensor>& grad_scale,
+                   const std::optional<at::Tensor>& found_inf, const at::Tensor* lr_tensor) {
+  fused_sgd::check_args(params, grads, momentum_buffers, is_first_step.size(), momentum, lr_tensor,
+                        grad_scale, found_inf, at::kCPU);
+  if (params.empty()) return;
+  if (found_inf.has_value() && found_inf->item<float>() != 0.0f) return;
+  const CallArgs args =
+      call_args({lr_tensor != nullptr ? lr_tensor->item<double>() : lr, momentum, dampening,
+                 weight_decay, nesterov, maximize, grad_scale.has_value(),
+                 grad_scale.has_value()
+                     ? static_cast<float>(1.0 / static_cast<double>(grad_scale->item<float>()))
+                     : 1.0f},
+                params);
+  fused_sgd_cpu_impl(
+      params, grads, momentum_buffers, [&](size_t i) { return is_first_step.get(i); }, args);
 }
 
 void fused_sgd_cpu_scalar_lr(at::TensorList params, at::TensorList grads,
@@ -286,6 +295,25 @@ void fused_sgd_cpu_tensor_lr(at::TensorList params, at::TensorList grads,
 }
 
 }  // namespace
+
+void fused_sgd_cpu_validated(at::TensorList params, at::TensorList grads,
+                             at::TensorList momentum_buffers, c10::ArrayRef<bool> is_first_step,
+                             double lr, const SGDStepOptions& options) {
+  // The shapes alone, again: cheap, and what keeps the update from writing past
+  // a buffer resized in place after the caller's checks (by a callback inside fit).
+  for (size_t i = 0; i < params.size(); ++i) {
+    fused_sgd::check_companion(grads[i], params[i], "grads", i);
+    if (!momentum_buffers.empty()) {
+      fused_sgd::check_companion(momentum_buffers[i], params[i], "momentum_buffers", i);
+    }
+  }
+  if (params.empty()) return;
+  const CallArgs args = call_args({lr, options.momentum, options.dampening, options.weight_decay,
+                                   options.nesterov, options.maximize, false, 1.0f},
+                                  params);
+  fused_sgd_cpu_impl(
+      params, grads, momentum_buffers, [&](size_t i) { return is_first_step[i]; }, args);
+}
 
 TORCH_LIBRARY_IMPL(torchext, CPU, m) {
   m.impl("fused_sgd_", &fused_sgd_cpu_scalar_lr);
