@@ -184,3 +184,22 @@ def test_a_momentum_buffer_resized_inside_fit_is_a_clear_error():
             raise AssertionError("no error")
         print("OK")
     """)
+
+
+def test_a_parameter_resized_inside_fit_stops_fit_with_a_clear_error():
+    # The kernels read parameters by raw pointer: a callback that resizes one in
+    # place must stop fit before the next step reads past it.
+    run("""
+        model, trainer = seed_trainer()
+        def shrink(*args):
+            model[0].weight.data = torch.zeros(5, 5)
+        try:
+            trainer.fit(x, y, epochs=2, batch_size=64, progress=shrink)
+        except RuntimeError as error:
+            assert "parameters changed in place during fit" in str(error), error
+            assert "before step 0 of epoch 1" in str(error), error
+        else:
+            raise AssertionError("no error")
+        assert trainer.steps == 2  # epoch 0's two updates, applied and counted
+        print("OK")
+    """)

@@ -155,6 +155,13 @@ std::vector<double> TrainerCore::fit(const at::Tensor& x, const at::Tensor& y,
         for (int64_t s = 0; s < steps_per_epoch; ++s) {
           const bool last_of_call = epoch + 1 == options.epochs && s + 1 == steps_per_epoch;
           others_wait = true;
+          // Python code may have run since the last step (the progress callback, a
+          // signal handler): the kernels read the parameters by raw pointer, so a
+          // parameter resized in place must stop fit here.
+          TORCH_CHECK(train::parameters_unchanged(model), who,
+                      ": the model's parameters changed in place during fit (in a progress "
+                      "callback?); fit stopped before step ",
+                      s, " of epoch ", epoch, ", with every earlier update applied");
           const int64_t start = s * batch, rows = std::min(batch, samples - start);
           at::Tensor xb = x_batch.narrow(0, 0, rows), yb = y_batch.narrow(0, 0, rows);
           if (order.defined()) {
