@@ -109,19 +109,6 @@ void fused_sgd_calls_direct(std::vector<CallArgs> args) {
 // steps it or names the problem. An error while the validated calls run (say,
 // out of memory) propagates: the step is not retried on half-written state.
 
-PyObject* interned(const char* text) {
-  PyObject* s = PyUnicode_InternFromString(text);  // kept for the process's life
-  if (s == nullptr) throw py::error_already_set();
-  return s;
-}
-
-struct GroupKeys {
-  PyObject *params = interned("params"), *lr = interned("lr"), *momentum = interned("momentum"),
-           *dampening = interned("dampening"), *weight_decay = interned("weight_decay"),
-           *nesterov = interned("nesterov"), *maximize = interned("maximize"),
-           *fused = interned("fused"), *momentum_buffer = interned("momentum_buffer");
-};
-
 // A float or int (not bool) entry of a group dict.
 bool plain_number(PyObject* group, PyObject* key, double& out) {
   PyObject* v = PyDict_GetItem(group, key);
@@ -159,7 +146,7 @@ bool plain_dense(const at::Tensor& t) {
 
 // The momentum buffer of `param` in `state` (undefined if none yet), without
 // creating entries; false if the entry is not one the fast path takes.
-bool buffer_of(PyObject* state, PyObject* param, const GroupKeys& keys, at::Tensor& out) {
+bool buffer_of(PyObject* state, PyObject* param, const SGDKeys& keys, at::Tensor& out) {
   PyObject* param_state = PyDict_GetItem(state, param);
   if (param_state == nullptr) return true;
   if (!PyDict_Check(param_state)) return false;
@@ -171,7 +158,7 @@ bool buffer_of(PyObject* state, PyObject* param, const GroupKeys& keys, at::Tens
 }
 
 // One group as a fused_sgd_ call; false to leave the step to Python.
-bool read_group(PyObject* group, PyObject* state, const GroupKeys& keys, torchext::SGDCall& call,
+bool read_group(PyObject* group, PyObject* state, const SGDKeys& keys, torchext::SGDCall& call,
                 std::vector<std::pair<PyObject*, at::Tensor>>& created) {
   if (!PyDict_Check(group)) return false;
   PyObject* fused = PyDict_GetItem(group, keys.fused);
@@ -215,7 +202,7 @@ bool read_group(PyObject* group, PyObject* state, const GroupKeys& keys, torchex
 
 // True when the step was made; false when it is left to Python (nothing done).
 bool sgd_step(const py::list& groups, const py::dict& state) {
-  static const GroupKeys keys;
+  const SGDKeys& keys = sgd_keys();
   std::vector<torchext::SGDCall> calls;
   std::vector<std::pair<PyObject*, at::Tensor>> created;  // params borrowed from the groups
   calls.reserve(groups.size());
@@ -254,6 +241,20 @@ void def_fused_sgd(py::module_& m, const char* name, const char* doc) {
 }
 
 }  // namespace
+
+const SGDKeys& sgd_keys() {
+  auto interned = [](const char* text) {
+    PyObject* s = PyUnicode_InternFromString(text);
+    if (s == nullptr) throw py::error_already_set();
+    return s;
+  };
+  static const SGDKeys keys{
+      interned("state"),        interned("param_groups"),   interned("params"),
+      interned("lr"),           interned("momentum"),       interned("dampening"),
+      interned("weight_decay"), interned("nesterov"),       interned("maximize"),
+      interned("fused"),        interned("momentum_buffer")};
+  return keys;
+}
 
 void bind_optim(py::module_& m) {
   def_fused_sgd<double>(m, "fused_sgd_",

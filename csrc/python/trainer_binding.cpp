@@ -118,12 +118,12 @@ class PyOptimizerLink final : public torchext::OptimizerLink {
     }
   }
 
-  // Runs at every step, so it reads through interned keys (hashed once) and the
+  // Runs at every step, so it reads through interned keys (sgd_keys) and the
   // cached parameter hashes, and allocates little: on a small model it is a good
   // part of the step's fixed cost.
   std::vector<torchext::SGDGroup> read_groups() override {
     py::gil_scoped_acquire gil;
-    const Keys& k = keys();
+    const SGDKeys& k = sgd_keys();
     std::vector<torchext::SGDGroup> out;
     const py::object state = attribute(optimizer_, k.state);
     const py::object groups = attribute(optimizer_, k.param_groups);
@@ -137,6 +137,9 @@ class PyOptimizerLink final : public torchext::OptimizerLink {
       spec.options.nesterov = flag(group, k.nesterov, g);
       spec.options.maximize = flag(group, k.maximize, g);
       const bool with_momentum = spec.options.momentum != 0;
+      if (with_momentum && !PyDict_Check(state.ptr())) {  // where buffer_of looks
+        throw py::type_error("torchext.Trainer: optimizer.state must be a dict");
+      }
       for_each_item(entry(group, k.params, g), [&](PyObject* p) {
         auto it = index_.find(p);
         if (it == index_.end()) return;  // not the model's: no gradient, so no update
@@ -188,29 +191,8 @@ class PyOptimizerLink final : public torchext::OptimizerLink {
   }
 
  private:
-  // The names read at every step, interned once (so their hashes are cached and
-  // dict lookups compare pointers). Created on first use, with the GIL, and kept
-  // for the life of the process.
-  struct Keys {
-    py::str state{"state"}, param_groups{"param_groups"}, lr{"lr"}, momentum{"momentum"},
-        dampening{"dampening"}, weight_decay{"weight_decay"}, nesterov{"nesterov"},
-        maximize{"maximize"}, params{"params"}, momentum_buffer{"momentum_buffer"};
-    Keys() {
-      for (py::str* key : {&state, &param_groups, &lr, &momentum, &dampening, &weight_decay,
-                           &nesterov, &maximize, &params, &momentum_buffer}) {
-        PyObject* interned = key->release().ptr();
-        PyUnicode_InternInPlace(&interned);
-        *key = py::reinterpret_steal<py::str>(interned);
-      }
-    }
-  };
-  static const Keys& keys() {
-    static const Keys* const keys = new Keys();  // never destroyed: Python may be gone at exit
-    return *keys;
-  }
-
-  static py::object attribute(const py::object& object, const py::str& name) {
-    PyObject* value = PyObject_GetAttr(object.ptr(), name.ptr());
+  static py::object attribute(const py::object& object, PyObject* name) {
+    PyObject* value = PyObject_GetAttr(object.ptr(), name);
     if (value == nullptr) throw py::error_already_set();
     return py::reinterpret_steal<py::object>(value);
   }
@@ -229,43 +211,40 @@ class PyOptimizerLink final : public torchext::OptimizerLink {
     for (const py::handle item : items) f(item.ptr());
   }
 
-  static py::object entry(py::handle group, const py::str& key, size_t g) {
+  static py::object entry(py::handle group, PyObject* key, size_t g) {
     if (!PyDict_Check(group.ptr())) {
       throw py::type_error("torchext.Trainer: optimizer.param_groups[" + std::to_string(g) +
                            "] must be a dict");
     }
-    PyObject* value = PyDict_GetItemWithError(group.ptr(), key.ptr());
+    PyObject* value = PyDict_GetItemWithError(group.ptr(), key);
     if (value == nullptr) {
       if (PyErr_Occurred()) throw py::error_already_set();
       throw py::key_error("torchext.Trainer: optimizer.param_groups[" + std::to_string(g) +
-                          "] has no '" + key.cast<std::string>() + "'");
+                          "] has no '" + PyUnicode_AsUTF8(key) + "'");
     }
     return py::reinterpret_borrow<py::object>(value);
   }
 
-  static double number(py::handle group, const py::str& key, size_t g) {
+  static double number(py::handle group, PyObject* key, size_t g) {
     const py::object value = entry(group, key, g);
     const double d = PyFloat_AsDouble(value.ptr());  // floats, ints, one-element tensors
     if (d == -1.0 && PyErr_Occurred()) {
       PyErr_Clear();
       throw py::type_error("torchext.Trainer: optimizer.param_groups[" + std::to_string(g) + "]['" +
-                           key.cast<std::string>() + "'] must be a number, got " +
+                           PyUnicode_AsUTF8(key) + "'] must be a number, got " +
                            std::string(py::str(py::type::handle_of(value).attr("__name__"))));
     }
     return d;
   }
 
-  static bool flag(py::handle group, const py::str& key, size_t g) {
+  static bool flag(py::handle group, PyObject* key, size_t g) {
     const int truth = PyObject_IsTrue(entry(group, key, g).ptr());
     if (truth < 0) throw py::error_already_set();
     return truth != 0;
   }
 
-  // The momentum buffer of parameter `param` in optimizer.state, or undefined.
+  // The momentum buffer of parameter `param` in optimizer.state (a dict), or undefined.
   at::Tensor buffer_of(const py::object& state, int64_t param, size_t g) const {
-    if (!PyDict_Check(state.ptr())) {
-      throw py::type_error("torchext.Trainer: optimizer.state must be a dict");
-    }
     // Without defaultdict's __missing__: reading must not create entries.
     PyObject* param_state =
         _PyDict_GetItem_KnownHash(state.ptr(), params_[param].ptr(), hashes_[param]);
@@ -277,7 +256,7 @@ class PyOptimizerLink final : public torchext::OptimizerLink {
       throw py::type_error("torchext.Trainer: the optimizer's state of a parameter in group " +
                            std::to_string(g) + " must be a dict");
     }
-    PyObject* buffer = PyDict_GetItemWithError(param_state, keys().momentum_buffer.ptr());
+    PyObject* buffer = PyDict_GetItemWithError(param_state, sgd_keys().momentum_buffer);
     if (buffer == nullptr && PyErr_Occurred()) throw py::error_already_set();
     if (buffer == nullptr || buffer == Py_None) return at::Tensor();
     if (!THPVariable_Check(buffer)) {
