@@ -109,45 +109,67 @@ void run_tiles(Isa isa, const TileGemm<T>& g) {
   });
 }
 
-// t[i * out + o] = weight[o * in + i] for every element outside the block
-// o < o0, i < i0 (which the caller transposed already).
+// dst[c * rows + r] = src[r * cols + c] for every element outside the block
+// r < r0, c < c0 (which the caller transposed already).
 template <typename T>
-void transpose_rest(const T* weight, int64_t out, int64_t in, int64_t o0, int64_t i0, T* t) {
-  for (int64_t o = 0; o < out; ++o) {
-    for (int64_t i = o < o0 ? i0 : 0; i < in; ++i) t[i * out + o] = weight[o * in + i];
+void transpose_rest(const T* src, int64_t rows, int64_t cols, int64_t r0, int64_t c0, T* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = r < r0 ? c0 : 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
   }
 }
 
-// Wᵀ [I, O] of weight [O, I], into a per-thread scratch buffer (the tiles read
-// B by rows). Every forward pass of a small layer transposes its weight, so
-// float weights go 4 × 4 blocks at a time through SSE registers (part of the
-// x86-64 baseline): a quarter of the instructions of the scalar loop.
+// dst [cols, rows] = srcᵀ, src [rows, cols]. The small layers transpose a weight
+// (or a weight gradient) every step, so float ones go 4 × 4 blocks at a time
+// through SSE registers (part of the x86-64 baseline): a quarter of the
+// instructions of the scalar loop.
 template <typename T>
-const T* transposed(const T* weight, int64_t out, int64_t in) {
-  thread_local std::vector<T> scratch;
-  if (static_cast<int64_t>(scratch.size()) < out * in) scratch.resize(out * in);
-  T* t = scratch.data();
-  int64_t o0 = 0, i0 = 0;  // the block transposed by whole 4 × 4 tiles
+void transpose(const T* src, int64_t rows, int64_t cols, T* dst) {
+  int64_t r0 = 0, c0 = 0;  // the block transposed by whole 4 × 4 tiles
 #if TORCHEXT_X86_SIMD
   if constexpr (std::is_same_v<T, float>) {
-    o0 = out / 4 * 4, i0 = in / 4 * 4;
-    for (int64_t o = 0; o < o0; o += 4) {
-      for (int64_t i = 0; i < i0; i += 4) {
-        __m128 r0 = _mm_loadu_ps(weight + o * in + i), r1 = _mm_loadu_ps(weight + (o + 1) * in + i);
-        __m128 r2 = _mm_loadu_ps(weight + (o + 2) * in + i);
-        __m128 r3 = _mm_loadu_ps(weight + (o + 3) * in + i);
-        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-        _mm_storeu_ps(t + i * out + o, r0);
-        _mm_storeu_ps(t + (i + 1) * out + o, r1);
-        _mm_storeu_ps(t + (i + 2) * out + o, r2);
-        _mm_storeu_ps(t + (i + 3) * out + o, r3);
+    r0 = rows / 4 * 4, c0 = cols / 4 * 4;
+    for (int64_t r = 0; r < r0; r += 4) {
+      for (int64_t c = 0; c < c0; c += 4) {
+        __m128 v0 = _mm_loadu_ps(src + r * cols + c), v1 = _mm_loadu_ps(src + (r + 1) * cols + c);
+        __m128 v2 = _mm_loadu_ps(src + (r + 2) * cols + c);
+        __m128 v3 = _mm_loadu_ps(src + (r + 3) * cols + c);
+        _MM_TRANSPOSE4_PS(v0, v1, v2, v3);
+        _mm_storeu_ps(dst + c * rows + r, v0);
+        _mm_storeu_ps(dst + (c + 1) * rows + r, v1);
+        _mm_storeu_ps(dst + (c + 2) * rows + r, v2);
+        _mm_storeu_ps(dst + (c + 3) * rows + r, v3);
       }
     }
   }
 #endif
-  transpose_rest(weight, out, in, o0, i0, t);
+  transpose_rest(src, rows, cols, r0, c0, dst);
+}
+
+// A per-thread scratch buffer of at least n elements; `Purpose` keeps the
+// forward pass's apart from the weight gradient's.
+template <typename T, int Purpose>
+T* scratch(int64_t n) {
+  thread_local std::vector<T> buffer;
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  return buffer.data();
+}
+constexpr int kForwardScratch = 0, kWeightGradientScratch = 1;
+
+// Wᵀ [I, O] of weight [O, I], for the tiles, which read B by rows.
+template <typename T>
+const T* transposed(const T* weight, int64_t out, int64_t in) {
+  T* t = scratch<T, kForwardScratch>(out * in);
+  transpose(weight, out, in, t);
   return t;
 }
+
+// The lanes of one vector of the tiles, and the columns a row of C [.., n]
+// costs them (whole vectors).
+template <typename T>
+int64_t tile_lanes(Isa isa) {
+  return static_cast<int64_t>((isa == Isa::kAvx512 ? 64 : 32) / sizeof(T));
+}
+int64_t padded_columns(int64_t n, int64_t lanes) { return (n + lanes - 1) / lanes * lanes; }
 
 }  // namespace
 
@@ -216,12 +238,28 @@ void weight_gradient(const T* dz, int64_t rows, int64_t out, const T* x, int64_t
     gemm<T>(true, false, out, in, rows, dz, out, x, in, dw, in);
     return;
   }
+  // dW = dZᵀ · X, or dWᵀ = Xᵀ · dZ transposed back, whichever pads fewer lanes
+  // of the tiles' vectors by at least an eighth: with I = 20 and 16 lanes, dW's
+  // rows waste 12 of every 32, dWᵀ's (O = 30) 2. Either way each element is the
+  // same chain of multiply-adds over the batch, so the numbers are the same.
+  const int64_t lanes = tile_lanes<T>(isa);
+  const bool by_transpose =
+      8 * in * padded_columns(out, lanes) < 7 * out * padded_columns(in, lanes);
   TileGemm<T> g;
-  g.m = out, g.n = in, g.k = rows;
-  g.a = dz, g.a_row = 1, g.a_col = out;  // dZᵀ
-  g.b = x, g.ldb = in;
-  g.c = dw, g.ldc = in;
+  g.k = rows;
+  if (by_transpose) {
+    g.m = in, g.n = out;
+    g.a = x, g.a_row = 1, g.a_col = in;  // Xᵀ
+    g.b = dz, g.ldb = out;
+    g.c = scratch<T, kWeightGradientScratch>(in * out), g.ldc = out;
+  } else {
+    g.m = out, g.n = in;
+    g.a = dz, g.a_row = 1, g.a_col = out;  // dZᵀ
+    g.b = x, g.ldb = in;
+    g.c = dw, g.ldc = in;
+  }
   run_tiles(isa, g);
+  if (by_transpose) transpose(g.c, in, out, dw);
 }
 
 template <typename T>

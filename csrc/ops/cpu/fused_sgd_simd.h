@@ -16,6 +16,7 @@
 #include "ops/cpu/fused_sgd_kernel.h"
 
 #include <cstring>
+#include <type_traits>
 
 #define TORCHEXT_SGD_SIMD_INLINE TORCHEXT_SGD_TARGET inline __attribute__((always_inline))
 
@@ -110,6 +111,18 @@ TORCHEXT_SGD_SIMD_INLINE void span(typename Mem::T* p, typename Mem::T* g, typen
     step_vector<Ops, Mem>(p + i, g + i, b != nullptr ? b + i : nullptr, first_step, c);
   }
   if (i == n) return;
+  if constexpr (std::is_same_v<Mem, SameType<A>>) {
+    // The tail as one masked vector (the lanes past n load as 0 and are not
+    // stored): every bias of a small layer has a tail.
+    const typename A::Mask mask = A::first(n - i);
+    typename A::V vp = A::load(p + i, mask), vg = A::load(g + i, mask);
+    typename A::V vb = b != nullptr && !first_step ? A::load(b + i, mask) : vp;
+    sgd_math::update<Ops>(vp, vg, vb, first_step, c);
+    A::store(p + i, vp, mask);
+    if (b != nullptr) A::store(b + i, vb, mask);
+    if (c.has_scale) A::store(g + i, vg, mask);
+    return;
+  }
   T tp[W] = {}, tg[W] = {}, tb[W] = {};
   const size_t bytes = static_cast<size_t>(n - i) * sizeof(T);
   std::memcpy(tp, p + i, bytes);
