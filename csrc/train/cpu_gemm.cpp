@@ -169,7 +169,7 @@ template <typename T>
 int64_t tile_lanes(Isa isa) {
   return static_cast<int64_t>((isa == Isa::kAvx512 ? 64 : 32) / sizeof(T));
 }
-int64_t padded_columns(int64_t n, int64_t lanes) { return (n + lanes - 1) / lanes * lanes; }
+int64_t padded_columns(int64_t n, int64_t lanes) { return divup(n, lanes) * lanes; }
 
 }  // namespace
 

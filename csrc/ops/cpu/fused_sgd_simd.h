@@ -61,6 +61,9 @@ struct SameType {
   static constexpr int kWidth = A::kWidth;
   TORCHEXT_SGD_SIMD_INLINE static V load(const T* x) { return A::load(x); }
   TORCHEXT_SGD_SIMD_INLINE static void store(T* x, V v) { A::store(x, v); }
+  // The first lanes only (a tail): the others load as 0 and are not stored.
+  TORCHEXT_SGD_SIMD_INLINE static V load(const T* x, typename A::Mask m) { return A::load(x, m); }
+  TORCHEXT_SGD_SIMD_INLINE static void store(T* x, V v, typename A::Mask m) { A::store(x, v, m); }
 };
 template <class D>
 struct Stored16 {
@@ -86,18 +89,18 @@ TORCHEXT_SGD_SIMD_INLINE Coeffs<typename A::V> broadcast(const Coeffs<S>& c) {
           c.has_weight_decay};
 }
 
-// One vector of elements at p, g, b.
-template <class Ops, class Mem>
+// One vector of elements at p, g, b (with a mask: its first lanes only).
+template <class Ops, class Mem, class... Mask>
 TORCHEXT_SGD_SIMD_INLINE void step_vector(typename Mem::T* p, typename Mem::T* g,
                                           typename Mem::T* b, bool first_step,
-                                          const Coeffs<typename Mem::V>& c) {
+                                          const Coeffs<typename Mem::V>& c, Mask... mask) {
   using V = typename Mem::V;
-  V vp = Mem::load(p), vg = Mem::load(g);
-  V vb = b != nullptr && !first_step ? Mem::load(b) : vp;  // unread on a first step
+  V vp = Mem::load(p, mask...), vg = Mem::load(g, mask...);
+  V vb = b != nullptr && !first_step ? Mem::load(b, mask...) : vp;  // unread on a first step
   sgd_math::update<Ops>(vp, vg, vb, first_step, c);
-  Mem::store(p, vp);
-  if (b != nullptr) Mem::store(b, vb);
-  if (c.has_scale) Mem::store(g, vg);
+  Mem::store(p, vp, mask...);
+  if (b != nullptr) Mem::store(b, vb, mask...);
+  if (c.has_scale) Mem::store(g, vg, mask...);
 }
 
 template <class Ops, class Mem, class A, typename S>
@@ -112,15 +115,9 @@ TORCHEXT_SGD_SIMD_INLINE void span(typename Mem::T* p, typename Mem::T* g, typen
   }
   if (i == n) return;
   if constexpr (std::is_same_v<Mem, SameType<A>>) {
-    // The tail as one masked vector (the lanes past n load as 0 and are not
-    // stored): every bias of a small layer has a tail.
-    const typename A::Mask mask = A::first(n - i);
-    typename A::V vp = A::load(p + i, mask), vg = A::load(g + i, mask);
-    typename A::V vb = b != nullptr && !first_step ? A::load(b + i, mask) : vp;
-    sgd_math::update<Ops>(vp, vg, vb, first_step, c);
-    A::store(p + i, vp, mask);
-    if (b != nullptr) A::store(b + i, vb, mask);
-    if (c.has_scale) A::store(g + i, vg, mask);
+    // The tail as one masked vector: every bias of a small layer has a tail.
+    step_vector<Ops, Mem>(p + i, g + i, b != nullptr ? b + i : nullptr, first_step, c,
+                          A::first(n - i));
     return;
   }
   T tp[W] = {}, tg[W] = {}, tb[W] = {};
