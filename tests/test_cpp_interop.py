@@ -19,6 +19,7 @@ Skipped, with the reason, when cmake or a C++ compiler is missing, when the inst
 torchext carries no CMake package, or outside a source checkout.
 """
 
+import copy
 import json
 import os
 import re
@@ -228,6 +229,18 @@ def _run_scripted(cpp_build, tmp_path, scripted, x):
     return torch.load(tmp_path / "output.pt")
 
 
+def _assert_cpp_and_python_agree(cpp, python, stock, exact):
+    """The C++ program's output, Python's run of the same scripted model and stock torch's
+    agree within the parity tolerance, each measured against `exact` (stock torch in float64),
+    so that a failure names the run that is off rather than only the distance between two."""
+    tol = {torch.float32: 1e-5, torch.float64: 1e-10}[cpp.dtype]
+    errors = {name: (out.double() - exact).abs().max().item()
+              for name, out in (("C++", cpp), ("Python", python), ("stock", stock))}
+    for out in (cpp, python, stock):
+        torch.testing.assert_close(out.double(), exact, rtol=tol, atol=tol,
+                                   msg=lambda m: f"{m}\nlargest errors against float64: {errors}")
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("shape", [(128, 20), (4, 16, 20), (20,)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -239,11 +252,8 @@ def test_scripted_torchext_ops_run_in_cpp_with_pythons_numbers(cpp_build, tmp_pa
     x = torch.randn(shape, dtype=dtype)
     got = _run_scripted(cpp_build, tmp_path, scripted, x)
     with torch.no_grad():
-        # Python's run of the same scripted model: equal up to GEMM rounding (BLAS may split
-        # the work differently in two processes), so assert_close's default, tight tolerance.
-        torch.testing.assert_close(got, scripted(x))
-        rtol = {torch.float32: 1e-5, torch.float64: 1e-10}[dtype]
-        torch.testing.assert_close(got, model.stock(x), rtol=rtol, atol=rtol)
+        _assert_cpp_and_python_agree(got, scripted(x), model.stock(x),
+                                     copy.deepcopy(model).double().stock(x.double()))
 
 
 def _stock_twin(module):
@@ -275,11 +285,9 @@ def test_scripted_torchext_nn_runs_in_cpp_with_pythons_numbers(cpp_build, tmp_pa
     x = torch.randn(shape, dtype=dtype)
     got = _run_scripted(cpp_build, tmp_path, scripted, x)
     with torch.no_grad():
-        # Python's run of the same scripted model: equal up to GEMM rounding (BLAS may split
-        # the work differently in two processes), so assert_close's default, tight tolerance.
-        torch.testing.assert_close(got, scripted(x))
-        rtol = {torch.float32: 1e-5, torch.float64: 1e-10}[dtype]
-        torch.testing.assert_close(got, _stock_twin(model)(x), rtol=rtol, atol=rtol)
+        stock = _stock_twin(model)
+        _assert_cpp_and_python_agree(got, scripted(x), stock(x),
+                                     copy.deepcopy(stock).double()(x.double()))
 
 
 # ---------------------------------------------------------------------------- checkpoints
