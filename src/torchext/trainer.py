@@ -251,11 +251,14 @@ class Trainer:
         The loss is the one computed before the update, as in the stock loop (which applies
         the update even when the loss is not finite; so does this).
         """
-        self._check_tensors(x, y, "step")
+        # The checks inline: at the seed network's size each Python call here weighs.
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
+            self._check_tensors(x, y, "step")  # raises, naming the argument
         if self._dp is not None:
             self._dp.check_synchronising("torchext.Trainer.step")
         if self._uses_core():
-            self._prepare_scaler()
+            if self._scaler is not None:
+                self._prepare_scaler()
             loss = self._core.step(x, y)
             # What optimizer.step() flags: LR schedulers check it to warn about calling
             # scheduler.step() before any optimizer step.
