@@ -65,7 +65,10 @@ void encode(const c10::IValue& value, std::string& out) {
   } else if (value.isTensor()) {
     const at::Tensor t = value.toTensor().detach().to(at::kCPU).contiguous();
     out += 'X' + dtype_name(t.scalar_type()) + '[';
-    for (int64_t d = 0; d < t.dim(); ++d) out += (d ? "," : "") + std::to_string(t.size(d));
+    for (int64_t d = 0; d < t.dim(); ++d) {
+      if (d) out += ',';
+      out += std::to_string(t.size(d));
+    }
     out += ']';
     out.append(static_cast<const char*>(t.const_data_ptr()), t.numel() * t.element_size());
   } else {
