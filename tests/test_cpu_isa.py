@@ -31,16 +31,19 @@ TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-
 # (sizes, batch, activation, loss, bias): the seed network; the 10-46-46-10 MLP of the thread
 # cliff; odd widths and a batch that is no multiple of any tile; MNIST-sized layers that go to
 # BLAS; a layer wider than the tiles take, with GELU (whose epilogue is a pass of its own);
-# identity layers at a batch that splits the tiles over threads; no bias. Between them they take
-# both orientations of the tiles' weight gradient (dW, and dWᵀ transposed back) on every SIMD build.
+# identity layers at a batch that splits the tiles over threads; no bias; the seed network at a
+# batch longer than the tiles' other operands, whose weight gradients still run on the tiles. Between
+# them they take both orientations of the tiles' weight gradient (dW, and dWᵀ transposed back) on
+# every SIMD build.
 SHAPES = [
     ([20, 30, 30, 40], 128, "relu", "mse", True),
     ([10, 46, 46, 10], 128, "tanh", "cross_entropy", True),
     ([33, 17, 65, 3], 37, "sigmoid", "mse", True),
     ([784, 256, 256, 10], 64, "relu", "cross_entropy", True),
     ([50, 1100, 20], 24, "gelu", "mse", True),
-    ([8, 64, 64, 64, 4], 256, "identity", "cross_entropy", True),
+    ([8, 64, 64, 64, 4], 1024, "identity", "cross_entropy", True),
     ([12, 40, 9], 30, "relu", "mse", False),
+    ([20, 30, 30, 40], 1500, "relu", "mse", True),
 ]
 SHAPE_IDS = ["-".join(map(str, s[0])) + f"-B{s[1]}-{s[2]}" for s in SHAPES]
 

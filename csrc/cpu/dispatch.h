@@ -63,13 +63,26 @@ void reset_cpu_isa();
 // ---------------------------------------------------------------------------
 // Threads.
 
-// Work per thread below which a hand-off costs more than it saves (a fork/join
-// of torch's pool is a few microseconds on an idle machine): elements of an
-// elementwise pass, or multiply-adds of a GEMM.
+// Elements per thread below which a hand-off costs more than it saves (a
+// fork/join of torch's pool is a few microseconds on an idle machine).
+// kMinElementsPerThread: a pass over data in memory or spread over the threads'
+// caches (the SGD update; a pass after a BLAS product, which torch's threads
+// wrote). kMinPassElementsPerThread: a pass over what the calling thread has
+// just written (after the tiles or the loss), where a split also moves the
+// other core's half between the caches. On a 2-core Xeon, such passes split
+// from 2^15 elements a thread made an 8-64-4 network at batch 4096 take 376 µs
+// a step on two threads against 312 on one; from 2^18 (1 MiB of float32 a
+// thread), 251 against 268.
 constexpr int64_t kMinElementsPerThread = int64_t{1} << 15;
-constexpr int64_t kMinMacsPerThread = int64_t{1} << 18;
+constexpr int64_t kMinPassElementsPerThread = int64_t{1} << 18;
+// Multiply-adds per thread below which the tiles of a GEMM stay on the calling
+// thread: the next pass reads what they wrote. At 2^18, the seed network at
+// batch 512 took 97 µs a step on two threads against 81 on one, and at 2^20,
+// at batch 2048, 320-331 µs against 301-309 (2-core Xeon). At 2^21, only the
+// largest products the tiles take (2^22, cpu_gemm.cpp) split.
+constexpr int64_t kMinMacsPerThread = int64_t{1} << 21;
 
-// How many threads `work` units deserve, given kMin*PerThread as `min_per_thread`.
+// How many threads `work` units deserve, given kMin*ElementsPerThread as `min_per_thread`.
 inline int64_t threads_for(int64_t work, int64_t min_per_thread) {
   if (work < 2 * min_per_thread || at::in_parallel_region()) return 1;
   return std::min<int64_t>(at::get_num_threads(), work / min_per_thread);

@@ -66,18 +66,27 @@ at::Tensor view_of(const T* data, int64_t rows, int64_t cols, int64_t ld, bool t
 // Tiles.
 
 // Multiply-adds up to which a GEMM runs on the tiles rather than through BLAS,
-// and the widest operand they take: beyond these, BLAS's packing and cache
+// and the widest weight they take: beyond these, BLAS's packing and cache
 // blocking pay (measured against MKL on one AVX-512 Xeon core: the tiles win
 // by up to a third on the small layers, the two are level near 128 × 256 × 256).
 constexpr int64_t kTileMaxMacs = int64_t{1} << 22;
 constexpr int64_t kTileMaxWidth = 1024;
+// The batch rows a weight gradient sums on the tiles, one chain of multiply-adds
+// per element (BLAS, beyond, blocks the sum). Below this, a long batch and a
+// small weight stay on the tiles: MKL splits such a product over its threads
+// along the batch and, on two cores, took longer than one core on the tiles.
+constexpr int64_t kTileMaxDepth = 4096;
 // The forward pass transposes W for the tiles: worth it for weights that stay
 // in cache, and once a few rows share it.
 constexpr int64_t kTileMaxWeight = int64_t{1} << 15;
 
-bool use_tiles(Isa isa, int64_t m, int64_t n, int64_t k) {
-  return isa != Isa::kPortable && m * n * k <= kTileMaxMacs && n <= kTileMaxWidth &&
-         k <= kTileMaxWidth;
+int64_t divup(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Whether a product of a layer's weight [out, in] with `rows` batch rows (any of
+// its three GEMMs) runs on the tiles.
+bool use_tiles(Isa isa, int64_t rows, int64_t in, int64_t out) {
+  return isa != Isa::kPortable && rows * in * out <= kTileMaxMacs && in <= kTileMaxWidth &&
+         out <= kTileMaxWidth;
 }
 
 template <typename T>
@@ -91,10 +100,8 @@ void tile_gemm(Isa isa, const TileGemm<T>& g, int64_t r0, int64_t r1, int64_t c0
 #endif
 }
 
-int64_t divup(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // The whole of C, split over threads in pieces of kTileRowSplit rows ×
-// kTileColumnSplit columns when it is large enough to pay for them.
+// kTileColumnSplit columns when each thread gets kMinMacsPerThread.
 template <typename T>
 void run_tiles(Isa isa, const TileGemm<T>& g) {
   const int64_t row_pieces = divup(g.m, kTileRowSplit), col_pieces = divup(g.n, kTileColumnSplit);
@@ -213,9 +220,9 @@ void dense_forward(const T* x, int64_t rows, int64_t in, const T* weight, int64_
   const Isa isa = torchext::cpu::cpu_isa();
   if (rows == 0 || out == 0) return;
   if (in == 0 || rows < kTileRowSplit || in * out > kTileMaxWeight ||
-      !use_tiles(isa, rows, out, in)) {
+      !use_tiles(isa, rows, in, out)) {
     gemm<T>(false, true, rows, out, in, x, in, weight, in, z, out);
-    bias_activation<T>(z, bias, rows, out, act, a);
+    bias_activation<T>(z, bias, rows, out, act, a, Written::kByThreads);
     return;
   }
   TileGemm<T> g;
@@ -228,13 +235,13 @@ void dense_forward(const T* x, int64_t rows, int64_t in, const T* weight, int64_
   const bool in_registers = epilogue_in_registers(g.epilogue, act);
   g.activation = in_registers ? act : Activation::Identity;
   run_tiles(isa, g);
-  if (!in_registers) bias_activation<T>(z, nullptr, rows, out, act, a);
+  if (!in_registers) bias_activation<T>(z, nullptr, rows, out, act, a, Written::kByCallingThread);
 }
 
 template <typename T>
 void weight_gradient(const T* dz, int64_t rows, int64_t out, const T* x, int64_t in, T* dw) {
   const Isa isa = torchext::cpu::cpu_isa();
-  if (rows == 0 || !use_tiles(isa, out, in, rows)) {
+  if (rows == 0 || rows > kTileMaxDepth || !use_tiles(isa, rows, in, out)) {
     gemm<T>(true, false, out, in, rows, dz, out, x, in, dw, in);
     return;
   }

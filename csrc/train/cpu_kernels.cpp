@@ -188,27 +188,33 @@ int64_t cost_of(Activation act) {
   return act == Activation::Identity || act == Activation::ReLU ? 1 : 16;
 }
 
+int64_t min_elements_per_thread(Written written) {
+  return written == Written::kByThreads ? torchext::cpu::kMinElementsPerThread
+                                        : torchext::cpu::kMinPassElementsPerThread;
+}
+
 }  // namespace
 
 template <typename T>
-void bias_activation(T* z, const T* bias, int64_t rows, int64_t cols, Activation act, T* out) {
+void bias_activation(T* z, const T* bias, int64_t rows, int64_t cols, Activation act, T* out,
+                     Written written) {
   const auto block = pick_bias_activation_block<T>();
   torchext::cpu::parallel_for(
-      0, rows, cols * cost_of(act), torchext::cpu::kMinElementsPerThread,
+      0, rows, cols * cost_of(act), min_elements_per_thread(written),
       [&](int64_t begin, int64_t end) { block(z, bias, begin, end, cols, act, out); });
 }
 
 template <typename T>
 void activation_backward(T* grad, const T* z, const T* a, int64_t rows, int64_t cols,
-                         Activation act, T* bias_grad) {
+                         Activation act, T* bias_grad, Written written) {
   // Columns split across threads in whole cache lines: each owns its slice of bias_grad.
   const Isa isa = torchext::cpu::cpu_isa();
   const bool simd = isa != Isa::kPortable && simd_activation_backward(act);
   const auto block = pick_activation_backward_block<T>();
   constexpr int64_t kLine = 64 / sizeof(T);
   torchext::cpu::parallel_for(
-      0, (cols + kLine - 1) / kLine, rows * kLine * cost_of(act),
-      torchext::cpu::kMinElementsPerThread, [&](int64_t l0, int64_t l1) {
+      0, (cols + kLine - 1) / kLine, rows * kLine * cost_of(act), min_elements_per_thread(written),
+      [&](int64_t l0, int64_t l1) {
         const int64_t c0 = l0 * kLine, c1 = std::min(cols, l1 * kLine);
 #if TORCHEXT_X86_SIMD
         if (simd && isa == Isa::kAvx512) {
@@ -275,11 +281,12 @@ T cross_entropy_loss(const T* logits, const int64_t* target, int64_t rows, int64
   return the_mean<T>(sum, rows);
 }
 
-#define TORCHEXT_INSTANTIATE(T)                                                     \
-  template void bias_activation<T>(T*, const T*, int64_t, int64_t, Activation, T*); \
-  template T mse_loss<T>(const T*, const T*, int64_t, T*);                          \
-  template T cross_entropy_loss<T>(const T*, const int64_t*, int64_t, int64_t, T*); \
-  template void activation_backward<T>(T*, const T*, const T*, int64_t, int64_t, Activation, T*);
+#define TORCHEXT_INSTANTIATE(T)                                                                  \
+  template void bias_activation<T>(T*, const T*, int64_t, int64_t, Activation, T*, Written);     \
+  template T mse_loss<T>(const T*, const T*, int64_t, T*);                                       \
+  template T cross_entropy_loss<T>(const T*, const int64_t*, int64_t, int64_t, T*);              \
+  template void activation_backward<T>(T*, const T*, const T*, int64_t, int64_t, Activation, T*, \
+                                       Written);
 TORCHEXT_INSTANTIATE(float)
 TORCHEXT_INSTANTIATE(double)
 #undef TORCHEXT_INSTANTIATE

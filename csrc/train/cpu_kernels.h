@@ -13,10 +13,17 @@
 
 namespace torchext::train::cpu {
 
+// Where the data of a pass were written, which decides when it splits over
+// threads (csrc/cpu/dispatch.h): by the calling thread (the tiles, the loss),
+// so they sit in its core's cache, or by BLAS, which spread them over torch's
+// threads.
+enum class Written { kByCallingThread, kByThreads };
+
 // z[B, O] += bias (if non-null); out = act(z). `out` may alias `z` except for
 // GELU, whose backward needs z.
 template <typename T>
-void bias_activation(T* z, const T* bias, int64_t rows, int64_t cols, Activation act, T* out);
+void bias_activation(T* z, const T* bias, int64_t rows, int64_t cols, Activation act, T* out,
+                     Written written);
 
 // Mean squared error of out against target (n elements); writes dL/dout into
 // grad when non-null. Returns the loss.
@@ -33,6 +40,6 @@ T cross_entropy_loss(const T* logits, const int64_t* target, int64_t rows, int64
 // the bias gradient Σ_B dL/dz into bias_grad when non-null.
 template <typename T>
 void activation_backward(T* grad, const T* z, const T* a, int64_t rows, int64_t cols,
-                         Activation act, T* bias_grad);
+                         Activation act, T* bias_grad, Written written);
 
 }  // namespace torchext::train::cpu

@@ -66,7 +66,11 @@ void forward_backward(const Model& model, Workspace& ws, const at::Tensor& x, co
         model.trains(model.bias_param[l]) ? ptr<T>(ws.param_grads[model.bias_param[l]]) : nullptr;
     const Activation still_to_apply = derivative_applied ? Activation::Identity : layer.activation;
     if (still_to_apply != Activation::Identity || bias_grad != nullptr) {
-      cpu::activation_backward<T>(grad, z, a, rows, out, still_to_apply, bias_grad);
+      // The loss and the tiles (which apply the derivative) write on the calling
+      // thread; an input gradient that left it to this pass came from BLAS.
+      const auto written = l + 1 < depth && !derivative_applied ? cpu::Written::kByThreads
+                                                                : cpu::Written::kByCallingThread;
+      cpu::activation_backward<T>(grad, z, a, rows, out, still_to_apply, bias_grad, written);
     }
 
     const T* input = l == 0 ? ptr<T>(x) : ptr<T>(ws.out[l - 1]);
