@@ -32,9 +32,9 @@ TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-
 # cliff; odd widths and a batch that is no multiple of any tile; MNIST-sized layers that go to
 # BLAS; a layer wider than the tiles take, with GELU (whose epilogue is a pass of its own);
 # identity layers at a batch that splits the tiles over threads; no bias; the seed network at a
-# batch longer than the tiles' other operands, whose weight gradients still run on the tiles. Between
-# them they take both orientations of the tiles' weight gradient (dW, and dWᵀ transposed back) on
-# every SIMD build.
+# batch longer than the tiles' other operands, whose weight gradients still run on the tiles.
+# Between them they take both orientations of the tiles' weight gradient (dW, and dWᵀ transposed
+# back) on every SIMD build.
 SHAPES = [
     ([20, 30, 30, 40], 128, "relu", "mse", True),
     ([10, 46, 46, 10], 128, "tanh", "cross_entropy", True),

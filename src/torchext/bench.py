@@ -11,8 +11,9 @@ and batch sizes:
           stock step captured as one CUDA graph; against torchext.Trainer.step; plus an
           MNIST-sized 784-256-256-10 network with cross-entropy at batch 256
   threads one training step at 1 thread and at torch's thread count (CPU only), on the
-          10-46-46-10 MLP at batch 128 (a known PyTorch thread cliff), the 784-256-256-10
-          cross-entropy network at batch 256 and the widest network at the last batch size:
+          10-46-46-10 MLP at batch 128 (a known PyTorch thread cliff), the seed network at
+          batch 2048, the 784-256-256-10 cross-entropy network at batch 256 and the widest
+          network at the last batch size:
           stock (fused SGD) and torchext; scaling = time at 1 thread / time at N threads
   fit     one epoch of 32 steps on the seed network, at the first batch size: the stock loop
           (foreach and fused SGD) against Trainer.fit
@@ -71,6 +72,9 @@ MIXED_KINDS = ("step", "fit")  # the kinds --precision times
 SEED_SIZES = [20, 30, 30, 40]
 MNIST_SIZES, MNIST_BATCH = [784, 256, 256, 10], 256  # the cross-entropy network of step/threads
 CLIFF_SIZES, CLIFF_BATCH = [10, 46, 46, 10], 128  # PyTorch's thread-cliff MLP
+# The seed network at a batch where its products are large enough to split over threads, yet
+# its data fit one core's caches: where torchext itself had a thread cliff.
+SEED_LONG_BATCH = 2048
 FIT_STEPS = 32  # steps per timed epoch, so that every batch size is timed over the same count
 # Default matrices: widths of the square networks besides the seed network, and batch sizes.
 WIDTHS = {("cpu", True): [256], ("cpu", False): [256, 1024],
@@ -361,6 +365,7 @@ def cells(kinds, widths, batches, extra_networks=()):
             out += [(kind, sizes, None, "mse") for sizes in networks]
         elif kind == "threads":
             out += [(kind, CLIFF_SIZES, CLIFF_BATCH, "mse"),
+                    (kind, SEED_SIZES, SEED_LONG_BATCH, "mse"),
                     (kind, MNIST_SIZES, MNIST_BATCH, "cross_entropy"),
                     (kind, networks[-1], batches[-1], "mse")]
         else:
