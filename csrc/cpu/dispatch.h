@@ -69,10 +69,10 @@ void reset_cpu_isa();
 // caches (the SGD update; a pass after a BLAS product, which torch's threads
 // wrote). kMinPassElementsPerThread: a pass over what the calling thread has
 // just written (after the tiles or the loss), where a split also moves the
-// other core's half between the caches. On a 2-core Xeon, such passes split
-// from 2^15 elements a thread made an 8-64-4 network at batch 4096 take 376 µs
-// a step on two threads against 312 on one; from 2^18 (1 MiB of float32 a
-// thread), 251 against 268.
+// other core's half between the caches. On a 2-core Xeon, an 8-64-4 network at
+// batch 4096 took 376 µs a step on two threads against 312 on one while these
+// passes split from 2^15 elements a thread (and its tiles from 2^18
+// multiply-adds); with neither split, 280-303 against 288-291.
 constexpr int64_t kMinElementsPerThread = int64_t{1} << 15;
 constexpr int64_t kMinPassElementsPerThread = int64_t{1} << 18;
 // Multiply-adds per thread below which the tiles of a GEMM stay on the calling
