@@ -82,7 +82,7 @@ constexpr int64_t kMinPassElementsPerThread = int64_t{1} << 18;
 // largest products the tiles take (2^22, cpu_gemm.cpp) split.
 constexpr int64_t kMinMacsPerThread = int64_t{1} << 21;
 
-// How many threads `work` units deserve, given kMin*ElementsPerThread as `min_per_thread`.
+// How many threads `work` units deserve, given kMin*PerThread as `min_per_thread`.
 inline int64_t threads_for(int64_t work, int64_t min_per_thread) {
   if (work < 2 * min_per_thread || at::in_parallel_region()) return 1;
   return std::min<int64_t>(at::get_num_threads(), work / min_per_thread);

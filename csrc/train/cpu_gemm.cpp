@@ -71,10 +71,10 @@ at::Tensor view_of(const T* data, int64_t rows, int64_t cols, int64_t ld, bool t
 // by up to a third on the small layers, the two are level near 128 × 256 × 256).
 constexpr int64_t kTileMaxMacs = int64_t{1} << 22;
 constexpr int64_t kTileMaxWidth = 1024;
-// The batch rows a weight gradient sums on the tiles, one chain of multiply-adds
-// per element (BLAS, beyond, blocks the sum). Below this, a long batch and a
-// small weight stay on the tiles: MKL splits such a product over its threads
-// along the batch and, on two cores, took longer than one core on the tiles.
+// The most batch rows a weight gradient sums on the tiles (one chain of
+// multiply-adds per element; BLAS blocks longer sums). Up to it, a long batch
+// with a small weight stays on the tiles: MKL split such products along the
+// batch over its threads and, on two cores, took longer than one core here.
 constexpr int64_t kTileMaxDepth = 4096;
 // The forward pass transposes W for the tiles: worth it for weights that stay
 // in cache, and once a few rows share it.
