@@ -35,7 +35,8 @@ void weight_gradient(const T* dz, int64_t rows, int64_t out, const T* x, int64_t
 // The input gradient of a dense layer, dX [B, I] = dZ · W (W [O, I]), turned
 // into the layer below's dZ = dX ⊙ act'(below_a) in the same pass where that
 // layer's activation allows it (below_a: its output, [B, I]). Returns whether
-// the derivative was applied; if not, dX is left for activation_backward.
+// the derivative was applied (by the tiles); if not, BLAS wrote dX and left the
+// derivative for activation_backward.
 template <typename T>
 bool input_gradient(const T* dz, int64_t rows, int64_t out, const T* weight, int64_t in, T* dx,
                     Activation below_act, const T* below_a);

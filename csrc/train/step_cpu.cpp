@@ -67,7 +67,8 @@ void forward_backward(const Model& model, Workspace& ws, const at::Tensor& x, co
     const Activation still_to_apply = derivative_applied ? Activation::Identity : layer.activation;
     if (still_to_apply != Activation::Identity || bias_grad != nullptr) {
       // The loss and the tiles (which apply the derivative) write on the calling
-      // thread; an input gradient that left it to this pass came from BLAS.
+      // thread; an input gradient that left it to this pass came from BLAS
+      // (input_gradient, cpu_gemm.h).
       const auto written = l + 1 < depth && !derivative_applied ? cpu::Written::kByThreads
                                                                 : cpu::Written::kByCallingThread;
       cpu::activation_backward<T>(grad, z, a, rows, out, still_to_apply, bias_grad, written);
