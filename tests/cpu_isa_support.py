@@ -2,7 +2,8 @@
 
 ``torchext._C._set_cpu_capability(name)`` pins a build (``DEFAULT``: portable, ``AVX2``,
 ``AVX512``) for the whole process, refusing one the CPU cannot run; ``None`` restores the default
-(the best the CPU runs, capped by ``ATEN_CPU_CAPABILITY``).
+(the best the CPU runs, capped by ``ATEN_CPU_CAPABILITY``). ``_set_large_gemm(name)`` likewise pins
+the kernel of the training core's large products (``BLAS`` or ``TILES``, the blocked tiles).
 """
 
 import contextlib
@@ -33,3 +34,13 @@ def pinned(name):
         yield
     finally:
         _C._set_cpu_capability(None)
+
+
+@contextlib.contextmanager
+def pinned_large_gemm(name):
+    """The training core's large products run on ``name`` (BLAS or TILES) inside the block."""
+    _C._set_large_gemm(name)
+    try:
+        yield
+    finally:
+        _C._set_large_gemm(None)

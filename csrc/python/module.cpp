@@ -11,11 +11,14 @@
 //    torchext.Trainer (trainer_binding.cpp).
 //  - `data_parallel`, collectives over a torch.distributed.ProcessGroup
 //    (data_parallel_binding.cpp).
+//  - the CPU kernels' choices, for tests and benchmarks: `cpu_capability` (the
+//    ISA build) and `large_gemm` (BLAS or blocked tiles), each with a pin.
 #include <torchext/ops.h>
 #include <torchext/version.h>
 
 #include "bindings.h"
 #include "cpu/dispatch.h"
+#include "train/cpu_gemm.h"
 
 #include <torch/csrc/utils/pybind.h>
 
@@ -54,6 +57,27 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("name"),
       "Pins the ISA build of torchext's CPU kernels (tests, benchmarks); None: the default");
+  m.def(
+      "large_gemm",
+      [] {
+        using torchext::train::cpu::LargeGemm;
+        return torchext::train::cpu::large_gemm() == LargeGemm::kBlas ? "BLAS" : "TILES";
+      },
+      "The kernel of the training core's large CPU products: BLAS (torch's vendor BLAS) or "
+      "TILES (torchext's blocked tiles)");
+  m.def(
+      "_set_large_gemm",
+      [](const std::optional<std::string>& name) {
+        using torchext::train::cpu::LargeGemm;
+        if (!name.has_value()) return torchext::train::cpu::reset_large_gemm();
+        if (*name == "BLAS") return torchext::train::cpu::set_large_gemm(LargeGemm::kBlas);
+        if (*name == "TILES") return torchext::train::cpu::set_large_gemm(LargeGemm::kBlockedTiles);
+        throw py::value_error("unknown large-GEMM kernel '" + *name +
+                              "'; expected BLAS, TILES or None");
+      },
+      py::arg("name"),
+      "Pins the kernel of the training core's large CPU products (tests, benchmarks); None: the "
+      "default for this CPU");
 
   bind_trainer(m);
   bind_optim(m);

@@ -1,22 +1,19 @@
-// The training core's GEMMs (see cpu_gemm.h): tiles for small layers, BLAS for
-// large ones.
+// The training core's GEMMs (see cpu_gemm.h): which kernel takes each product
+// (tiles, blocked tiles or BLAS), and the BLAS call.
 #include "train/cpu_gemm.h"
 
 #include "cpu/dispatch.h"
 #include "train/cpu_kernels.h"
 #include "train/gemm_tiles.h"
+#include "train/tile_drivers.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUFunctions.h>
 
-#if TORCHEXT_X86_SIMD
-#include <xmmintrin.h>
-#endif
-
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <type_traits>
-#include <vector>
 
 // The Fortran BLAS entry points inside libtorch_cpu (MKL or OpenBLAS builds).
 // Weak: a torch built without them leaves these null and gemm() goes through ATen.
@@ -63,6 +60,21 @@ at::Tensor view_of(const T* data, int64_t rows, int64_t cols, int64_t ld, bool t
 }
 
 // ---------------------------------------------------------------------------
+// Which kernel takes the products too large for the unblocked tiles.
+
+bool is_amd_cpu() {
+#if TORCHEXT_X86_SIMD
+  __builtin_cpu_init();
+  return __builtin_cpu_is("amd");
+#else
+  return false;
+#endif
+}
+
+constexpr int kNoPin = -1;
+std::atomic<int> pinned_large_gemm{kNoPin};
+
+// ---------------------------------------------------------------------------
 // Tiles.
 
 // Multiply-adds up to which a GEMM runs on the tiles rather than through BLAS,
@@ -89,84 +101,14 @@ bool use_tiles(Isa isa, int64_t rows, int64_t in, int64_t out) {
          out <= kTileMaxWidth;
 }
 
-template <typename T>
-void tile_gemm(Isa isa, const TileGemm<T>& g, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-#if TORCHEXT_X86_SIMD
-  if (isa == Isa::kAvx512) {
-    tile_gemm_avx512(g, r0, r1, c0, c1);
-  } else {
-    tile_gemm_avx2(g, r0, r1, c0, c1);
-  }
-#endif
-}
-
-// The whole of C, split over threads in pieces of kTileRowSplit rows ×
-// kTileColumnSplit columns when each thread gets kMinMacsPerThread.
-template <typename T>
-void run_tiles(Isa isa, const TileGemm<T>& g) {
-  const int64_t row_pieces = divup(g.m, kTileRowSplit), col_pieces = divup(g.n, kTileColumnSplit);
-  const int64_t threads =
-      torchext::cpu::threads_for(g.m * g.n * g.k, torchext::cpu::kMinMacsPerThread);
-  if (threads < 2) return tile_gemm(isa, g, 0, g.m, 0, g.n);
-  torchext::cpu::parallel_items(row_pieces * col_pieces, threads, [&](int64_t piece) {
-    const int64_t r0 = piece / col_pieces * kTileRowSplit;
-    const int64_t c0 = piece % col_pieces * kTileColumnSplit;
-    tile_gemm(isa, g, r0, std::min(g.m, r0 + kTileRowSplit), c0,
-              std::min(g.n, c0 + kTileColumnSplit));
-  });
-}
-
-// dst[c * rows + r] = src[r * cols + c] for every element outside the block
-// r < r0, c < c0 (which the caller transposed already).
-template <typename T>
-void transpose_rest(const T* src, int64_t rows, int64_t cols, int64_t r0, int64_t c0, T* dst) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = r < r0 ? c0 : 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
-  }
-}
-
-// dst [cols, rows] = srcᵀ, src [rows, cols]. The small layers transpose a weight
-// (or a weight gradient) every step, so float ones go 4 × 4 blocks at a time
-// through SSE registers (part of the x86-64 baseline): a quarter of the
-// instructions of the scalar loop.
-template <typename T>
-void transpose(const T* src, int64_t rows, int64_t cols, T* dst) {
-  int64_t r0 = 0, c0 = 0;  // the block transposed by whole 4 × 4 tiles
-#if TORCHEXT_X86_SIMD
-  if constexpr (std::is_same_v<T, float>) {
-    r0 = rows / 4 * 4, c0 = cols / 4 * 4;
-    for (int64_t r = 0; r < r0; r += 4) {
-      for (int64_t c = 0; c < c0; c += 4) {
-        __m128 v0 = _mm_loadu_ps(src + r * cols + c), v1 = _mm_loadu_ps(src + (r + 1) * cols + c);
-        __m128 v2 = _mm_loadu_ps(src + (r + 2) * cols + c);
-        __m128 v3 = _mm_loadu_ps(src + (r + 3) * cols + c);
-        _MM_TRANSPOSE4_PS(v0, v1, v2, v3);
-        _mm_storeu_ps(dst + c * rows + r, v0);
-        _mm_storeu_ps(dst + (c + 1) * rows + r, v1);
-        _mm_storeu_ps(dst + (c + 2) * rows + r, v2);
-        _mm_storeu_ps(dst + (c + 3) * rows + r, v3);
-      }
-    }
-  }
-#endif
-  transpose_rest(src, rows, cols, r0, c0, dst);
-}
-
-// A per-thread scratch buffer of at least n elements; `Purpose` keeps the
-// forward pass's apart from the weight gradient's.
-template <typename T, int Purpose>
-T* scratch(int64_t n) {
-  thread_local std::vector<T> buffer;
-  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
-  return buffer.data();
-}
-constexpr int kForwardScratch = 0, kWeightGradientScratch = 1;
+// Whether the products beyond use_tiles run on the blocked tiles.
+bool use_blocked_tiles() { return large_gemm() == LargeGemm::kBlockedTiles; }
 
 // Wᵀ [I, O] of weight [O, I], for the tiles, which read B by rows.
 template <typename T>
 const T* transposed(const T* weight, int64_t out, int64_t in) {
   T* t = scratch<T, kForwardScratch>(out * in);
-  transpose(weight, out, in, t);
+  transpose(weight, out, in, in, t, out);
   return t;
 }
 
@@ -179,6 +121,27 @@ int64_t tile_lanes(Isa isa) {
 int64_t padded_columns(int64_t n, int64_t lanes) { return divup(n, lanes) * lanes; }
 
 }  // namespace
+
+LargeGemm large_gemm() {
+  const Isa isa = torchext::cpu::cpu_isa();
+  if (isa == Isa::kPortable) return LargeGemm::kBlas;
+  const int pin = pinned_large_gemm.load(std::memory_order_relaxed);
+  if (pin != kNoPin) return static_cast<LargeGemm>(pin);
+  // The blocked tiles where they were measured faster than torch's MKL: on
+  // AMD's Zen 4 with the AVX-512 build, 1.1-1.3x on whole steps with 256- to
+  // 4096-wide layers (MKL reaches about 70 % of the FMA peak there); the AVX2
+  // build's smaller tiles were level with MKL or 10 % slower. On Intel's Xeons
+  // MKL was level with the unblocked tiles at 128 × 256 × 256 and faster
+  // beyond (benchmarks/RESULTS.md).
+  static const bool amd = is_amd_cpu();
+  return amd && isa == Isa::kAvx512 ? LargeGemm::kBlockedTiles : LargeGemm::kBlas;
+}
+
+void set_large_gemm(LargeGemm kernel) {
+  pinned_large_gemm.store(static_cast<int>(kernel), std::memory_order_relaxed);
+}
+
+void reset_large_gemm() { pinned_large_gemm.store(kNoPin, std::memory_order_relaxed); }
 
 bool epilogue_in_registers(Epilogue epilogue, Activation act) {
   switch (epilogue) {
@@ -219,8 +182,11 @@ void dense_forward(const T* x, int64_t rows, int64_t in, const T* weight, int64_
                    const T* bias, Activation act, T* z, T* a) {
   const Isa isa = torchext::cpu::cpu_isa();
   if (rows == 0 || out == 0) return;
-  if (in == 0 || rows < kTileRowSplit || in * out > kTileMaxWeight ||
-      !use_tiles(isa, rows, in, out)) {
+  // Both tile paths need enough rows to pay for rearranging W (transposed, or
+  // packed into panels).
+  const bool enough_rows = in > 0 && rows >= kTileRowSplit;
+  const bool unblocked = enough_rows && in * out <= kTileMaxWeight && use_tiles(isa, rows, in, out);
+  if (!unblocked && !(enough_rows && use_blocked_tiles())) {
     gemm<T>(false, true, rows, out, in, x, in, weight, in, z, out);
     bias_activation<T>(z, bias, rows, out, act, a, Written::kByThreads);
     return;
@@ -228,21 +194,39 @@ void dense_forward(const T* x, int64_t rows, int64_t in, const T* weight, int64_
   TileGemm<T> g;
   g.m = rows, g.n = out, g.k = in;
   g.a = x, g.a_row = in, g.a_col = 1;
-  g.b = transposed(weight, out, in), g.ldb = out;
   g.c = z, g.ldc = out;
   g.epilogue = Epilogue::kBiasActivation;
   g.bias = bias;
   const bool in_registers = epilogue_in_registers(g.epilogue, act);
   g.activation = in_registers ? act : Activation::Identity;
-  run_tiles(isa, g);
-  if (!in_registers) bias_activation<T>(z, nullptr, rows, out, act, a, Written::kByCallingThread);
+  if (unblocked) {
+    g.b = transposed(weight, out, in), g.ldb = out;
+    run_tiles(isa, g);
+  } else {
+    g.b = weight, g.ldb = 1;  // Wᵀ, read by columns while packed
+    run_blocked(isa, g, /*b_col=*/in);
+  }
+  if (!in_registers) {
+    bias_activation<T>(z, nullptr, rows, out, act, a,
+                       unblocked ? Written::kByCallingThread : Written::kByThreads);
+  }
 }
 
 template <typename T>
 void weight_gradient(const T* dz, int64_t rows, int64_t out, const T* x, int64_t in, T* dw) {
   const Isa isa = torchext::cpu::cpu_isa();
-  if (rows == 0 || rows > kTileMaxDepth || !use_tiles(isa, rows, in, out)) {
-    gemm<T>(true, false, out, in, rows, dz, out, x, in, dw, in);
+  if (rows == 0 || !use_blocked_tiles()) {
+    if (rows == 0 || rows > kTileMaxDepth || !use_tiles(isa, rows, in, out)) {
+      gemm<T>(true, false, out, in, rows, dz, out, x, in, dw, in);
+      return;
+    }
+  } else if (rows > kTileMaxDepth || !use_tiles(isa, rows, in, out)) {
+    TileGemm<T> g;
+    g.m = out, g.n = in, g.k = rows;
+    g.a = dz, g.a_row = 1, g.a_col = out;  // dZᵀ
+    g.b = x, g.ldb = in;
+    g.c = dw, g.ldc = in;
+    run_blocked(isa, g, /*b_col=*/1);
     return;
   }
   // dW = dZᵀ · X, or dWᵀ = Xᵀ · dZ transposed back, whichever pads fewer lanes
@@ -266,15 +250,16 @@ void weight_gradient(const T* dz, int64_t rows, int64_t out, const T* x, int64_t
     g.c = dw, g.ldc = in;
   }
   run_tiles(isa, g);
-  if (by_transpose) transpose(g.c, in, out, dw);
+  if (by_transpose) transpose(g.c, in, out, out, dw, in);
 }
 
 template <typename T>
 bool input_gradient(const T* dz, int64_t rows, int64_t out, const T* weight, int64_t in, T* dx,
                     Activation below_act, const T* below_a) {
   const Isa isa = torchext::cpu::cpu_isa();
-  if (out == 0 || !use_tiles(isa, rows, in, out) ||
-      !epilogue_in_registers(Epilogue::kActivationGradient, below_act)) {
+  const bool unblocked = use_tiles(isa, rows, in, out);
+  if (out == 0 || !epilogue_in_registers(Epilogue::kActivationGradient, below_act) ||
+      !(unblocked || (rows >= kTileRowSplit && use_blocked_tiles()))) {
     gemm<T>(false, false, rows, in, out, dz, out, weight, in, dx, in);
     return false;
   }
@@ -286,7 +271,11 @@ bool input_gradient(const T* dz, int64_t rows, int64_t out, const T* weight, int
   g.epilogue = Epilogue::kActivationGradient;
   g.activation = below_act;
   g.out = below_a, g.ld_out = in;
-  run_tiles(isa, g);
+  if (unblocked) {
+    run_tiles(isa, g);
+  } else {
+    run_blocked(isa, g, /*b_col=*/1);
+  }
   return true;
 }
 

@@ -3,10 +3,12 @@
 //
 // Each call picks its kernel by size: the register-blocked tiles of
 // gemm_tiles.h (AVX-512 or AVX2, as cpu_isa() allows) for small layers, where a
-// BLAS call costs more in set-up than in arithmetic; the vendor BLAS that torch
-// links (MKL or OpenBLAS; ATen's mm where it has none) for large ones, where
-// its packing and blocking pay. The tiles split over torch's threads only when
-// each thread gets enough work (csrc/cpu/dispatch.h); BLAS threads itself.
+// BLAS call costs more in set-up than in arithmetic; for large ones, where
+// packing and cache blocking pay, the vendor BLAS that torch links (MKL or
+// OpenBLAS; ATen's mm where it has none) or, where they beat it (large_gemm()),
+// the same tiles run over packed, cache-sized blocks. The tiles split over
+// torch's threads only when each thread gets enough work
+// (csrc/cpu/dispatch.h); BLAS threads itself.
 // Legend: B batch rows, I in features, O out features; row-major buffers.
 #pragma once
 
@@ -15,6 +17,17 @@
 #include <cstdint>
 
 namespace torchext::train::cpu {
+
+// The kernel of the products too large for the unblocked tiles: the vendor
+// BLAS, or the tiles blocked for the caches (packed panels of B, blocks of k).
+// By default the blocked tiles on AMD CPUs running the AVX-512 build and BLAS
+// elsewhere (large_gemm() says why); the portable build always uses BLAS.
+// Tests and benchmarks may pin either; the choice is read at every product.
+enum class LargeGemm : int { kBlas = 0, kBlockedTiles = 1 };
+// The kernel in use now, for cpu_isa()'s build.
+LargeGemm large_gemm();
+void set_large_gemm(LargeGemm kernel);
+void reset_large_gemm();
 
 // C[m, n] = op(A)[m, k] · op(B)[k, n], row-major, through BLAS (or ATen).
 template <typename T>

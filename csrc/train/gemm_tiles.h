@@ -38,6 +38,9 @@ struct TileGemm {
   int64_t ldb = 0;
   T* c = nullptr;  // C(i, j) = c[i * ldc + j]
   int64_t ldc = 0;
+  // Whether the sums continue from C's values (the next block of k of a
+  // product split along k) rather than from zero.
+  bool accumulate = false;
   Epilogue epilogue = Epilogue::kStore;
   Activation activation = Activation::Identity;
   const T* bias = nullptr;  // kBiasActivation: [n], or null

@@ -83,8 +83,12 @@ TORCHEXT_TILE_TARGET void tile(const TileGemm<typename A::T>& g, int64_t i0, int
   V acc[MR][NV];
   TORCHEXT_UNROLL
   for (int r = 0; r < MR; ++r) {
+    const T* c = g.c + (i0 + r) * g.ldc + j0;
     TORCHEXT_UNROLL
-    for (int v = 0; v < NV; ++v) acc[r][v] = A::zero();
+    for (int v = 0; v < NV; ++v) {
+      const bool last = v == NV - 1 && partial;
+      acc[r][v] = !g.accumulate ? A::zero() : last ? A::load(c + v * W, mask) : A::load(c + v * W);
+    }
   }
   const T* a_rows[MR];
   TORCHEXT_UNROLL
