@@ -26,7 +26,8 @@ def report():
 def test_report_shape(report):
     assert report["device"] == "cpu" and report["dtype"] == "float32"
     assert report["command"].startswith("python -m torchext bench --quick")
-    for key in ("cpu", "cores", "torch_threads", "torch", "torchext", "python"):
+    for key in ("cpu", "cores", "torch_threads", "torch", "torchext", "python", "cpu_kernels",
+                "large_gemm"):
         assert key in report["machine"]
     assert set(report["load_average"]) == {"before", "after"}
     assert report["settings"]["compile"] is False and report["notes"]

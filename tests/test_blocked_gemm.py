@@ -2,13 +2,13 @@
 
 Products too large for the unblocked tiles go to the vendor BLAS or, where that is slower (by
 default on AMD CPUs running the AVX-512 build), to the same tiles run over packed panels of B and
-blocks of k and of rows (csrc/train/tile_drivers.cpp). Here the blocked tiles are pinned on every SIMD
-build the CPU runs, whatever its vendor, over shapes that take each of their cases: several blocks
-of k in every product (float blocks are 512 deep, double 256), panels cut short (widths no multiple
-of 64), row blocks cut short, threads splitting by panels and by rows, each epilogue (bias and
-ReLU in registers, an activation's derivative in registers, a pass after the product, GELU's
-input gradient through BLAS), and no bias. Results are compared with stock PyTorch, must not
-depend on the thread count, and pinning refuses unknown names.
+blocks of k and of rows (csrc/train/tile_drivers.cpp). Here the blocked tiles are pinned on every
+SIMD build the CPU runs, whatever its vendor, over shapes that take each of their cases: several
+blocks of k in each kind of product (float blocks are 512 deep, double 256), panels cut short
+(widths no multiple of 64), row blocks cut short, threads splitting by panels and by rows, each
+epilogue (bias and ReLU in registers, an activation's derivative in registers, a pass after the
+product, GELU's input gradient through BLAS), and no bias. Results are compared with stock
+PyTorch, must not depend on the thread count, and pinning refuses unknown names.
 """
 
 import sys
@@ -34,6 +34,8 @@ SHAPES = [
     # 24 rows, the fewest the blocked forward takes; GELU's input gradient through BLAS.
     ([50, 1100, 20], 24, "gelu", "mse", True),
     ([300, 260, 10], 100, "identity", "cross_entropy", True),
+    # an input gradient 700 deep (the 50-700 layer's).
+    ([40, 50, 700, 5], 200, "relu", "mse", True),
 ]
 SHAPE_IDS = ["-".join(map(str, s[0])) + f"-B{s[1]}-{s[2]}" for s in SHAPES]
 

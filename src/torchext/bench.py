@@ -458,7 +458,9 @@ def machine(device):
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__,
-            "torchext": torchext.__version__, "os": platform.platform()}
+            "torchext": torchext.__version__, "os": platform.platform(),
+            "cpu_kernels": torchext._C.cpu_capability(),
+            "large_gemm": torchext._C.large_gemm()}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda

@@ -81,8 +81,8 @@ def _header_lines(report):
     lines = [
         f"date: {report['date']}   command: {report['command']}",
         (f"machine: {device}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} "
-         f"thread{'s' if m['torch_threads'] != 1 else ''}), torchext {m['torchext']}, "
-         f"Python {m['python']}"),
+         f"thread{'s' if m['torch_threads'] != 1 else ''}), torchext {m['torchext']}"
+         f"{_cpu_kernels(m)}, Python {m['python']}"),
         f"load average (1, 5, 15 min): before {load['before']}, after {load['after']}",
         *_peaks_line(report),
         (f"{report['dtype']}{mixed} on {report['device']}; each cell: median per call over "
@@ -90,6 +90,14 @@ def _header_lines(report):
          "in % of the median; ratio = best stock / torchext (> 1: torchext faster)"),
     ]
     return lines + [f"note: {note}" for note in report["notes"]]
+
+
+def _cpu_kernels(machine):
+    """The CPU kernels' choices, as recorded (reports written before they were are silent)."""
+    if "cpu_kernels" not in machine:
+        return ""
+    blas = "BLAS" if machine["large_gemm"] == "BLAS" else "torchext's blocked tiles"
+    return f" ({machine['cpu_kernels']} kernels, large products on {blas})"
 
 
 def _peaks_line(report):
