@@ -15,8 +15,13 @@ import sys
 
 import pytest
 import torch
+from core_parity_support import (
+    TOL,
+    assert_matches_stock,
+    assert_thread_count_changes_no_bit,
+    train_both,
+)
 from cpu_isa_support import SUPPORTED_ISAS, pinned, pinned_large_gemm
-from test_cpu_isa import TOL, train_both
 
 from torchext import _C
 
@@ -46,30 +51,15 @@ SHAPE_IDS = ["-".join(map(str, s[0])) + f"-B{s[1]}-{s[2]}" for s in SHAPES]
 def test_blocked_tiles_match_stock(isa, dtype, shape):
     with pinned(isa), pinned_large_gemm("TILES"):
         assert _C.large_gemm() == "TILES"
-        model, ref, losses = train_both(shape, dtype)
-    for got, expected in losses:
-        torch.testing.assert_close(got, expected, **TOL[dtype])
-    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, **TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
+        assert_matches_stock(shape, dtype)
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)
 @pytest.mark.parametrize("shape", SHAPES[:3], ids=SHAPE_IDS[:3])
 def test_blocked_tiles_do_not_depend_on_the_thread_count(isa, shape):
     # Threads take whole panels or whole rows, each element one chain over k: the same bits.
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            with pinned(isa), pinned_large_gemm("TILES"):
-                model, _, losses = train_both(shape, torch.float32)
-            results.append(([p.detach().clone() for p in model.parameters()], losses))
-    finally:
-        torch.set_num_threads(threads)
-    (one, one_losses), (two, two_losses) = results
-    assert all(torch.equal(a, b) for a, b in zip(one, two))
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(one_losses, two_losses))
+    assert_thread_count_changes_no_bit(shape, lambda: pinned(isa),
+                                       lambda: pinned_large_gemm("TILES"))
 
 
 def test_blocked_and_blas_agree():

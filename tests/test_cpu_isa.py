@@ -10,7 +10,6 @@ must not depend on the number of threads, and the core runs on torch's own OpenM
 build too; tests/test_fused_sgd_op.py runs its own under each ATEN_CPU_CAPABILITY.)
 """
 
-import copy
 import os
 import shutil
 import subprocess
@@ -18,15 +17,16 @@ import sys
 
 import pytest
 import torch
+from core_parity_support import (
+    TOL,
+    assert_matches_stock,
+    assert_thread_count_changes_no_bit,
+    train_both,
+)
 from cpu_isa_support import ALL_ISAS, SUPPORTED_ISAS, pinned
-from torch import nn
-from trainer_support import stock_step
 
 import torchext
 from torchext import _C
-from torchext.nn import MLP
-
-TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
 
 # (sizes, batch, activation, loss, bias): the seed network; the 10-46-46-10 MLP of the thread
 # cliff; odd widths and a batch that is no multiple of any tile; MNIST-sized layers that go to
@@ -48,62 +48,20 @@ SHAPES = [
 SHAPE_IDS = ["-".join(map(str, s[0])) + f"-B{s[1]}-{s[2]}" for s in SHAPES]
 
 
-def data(sizes, batch, loss, dtype, seed):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, sizes[0], generator=gen, dtype=dtype)
-    if loss == "mse":
-        return x, torch.randn(batch, sizes[-1], generator=gen, dtype=dtype)
-    return x, torch.randint(0, sizes[-1], (batch,), generator=gen)
-
-
-def train_both(shape, dtype, steps=3):
-    """The core and the stock loop after ``steps`` steps: (model, reference model, losses)."""
-    sizes, batch, activation, loss, bias = shape
-    torch.manual_seed(0)
-    model = MLP(sizes, activation=activation, bias=bias, dtype=dtype)
-    ref = copy.deepcopy(model)
-    options = dict(lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-3)
-    trainer = torchext.Trainer(model, torchext.optim.SGD(model.parameters(), **options), loss)
-    assert trainer.backend == "cpu"
-    ref_opt = torch.optim.SGD(ref.parameters(), **options)
-    loss_fn = nn.MSELoss() if loss == "mse" else nn.CrossEntropyLoss()
-    losses = []
-    for step in range(steps):
-        x, y = data(sizes, batch, loss, dtype, seed=step)
-        losses.append((trainer.step(x, y), stock_step(ref, ref_opt, loss_fn, x, y)))
-    return model, ref, losses
-
-
 @pytest.mark.parametrize("isa", SUPPORTED_ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_core_step_matches_stock_on_every_build(isa, dtype, shape):
     with pinned(isa):
         assert _C.cpu_capability() == isa
-        model, ref, losses = train_both(shape, dtype)
-    for got, expected in losses:
-        torch.testing.assert_close(got, expected, **TOL[dtype])
-    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, **TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
+        assert_matches_stock(shape, dtype)
 
 
 @pytest.mark.parametrize("isa", [isa for isa in SUPPORTED_ISAS if isa != "DEFAULT"])
 @pytest.mark.parametrize("shape", [SHAPES[0], SHAPES[5]], ids=[SHAPE_IDS[0], SHAPE_IDS[5]])
 def test_core_results_do_not_depend_on_the_thread_count(isa, shape):
     # The tiles and passes split over independent outputs only: 1 and 2 threads give the same bits.
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            with pinned(isa):
-                model, _, losses = train_both(shape, torch.float32)
-            results.append(([p.detach().clone() for p in model.parameters()], losses))
-    finally:
-        torch.set_num_threads(threads)
-    (one, one_losses), (two, two_losses) = results
-    assert all(torch.equal(a, b) for a, b in zip(one, two))
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(one_losses, two_losses))
+    assert_thread_count_changes_no_bit(shape, lambda: pinned(isa))
 
 
 def test_builds_agree_with_each_other():

@@ -132,7 +132,7 @@ LargeGemm large_gemm() {
   // 4096-wide layers (MKL reaches about 70 % of the FMA peak there); the AVX2
   // build's smaller tiles were level with MKL or 10 % slower. On Intel's Xeons
   // MKL was level with the unblocked tiles at 128 × 256 × 256 and faster
-  // beyond (benchmarks/RESULTS.md).
+  // beyond; the blocked tiles are not measured there (benchmarks/RESULTS.md).
   static const bool amd = is_amd_cpu();
   return amd && isa == Isa::kAvx512 ? LargeGemm::kBlockedTiles : LargeGemm::kBlas;
 }
@@ -215,12 +215,12 @@ void dense_forward(const T* x, int64_t rows, int64_t in, const T* weight, int64_
 template <typename T>
 void weight_gradient(const T* dz, int64_t rows, int64_t out, const T* x, int64_t in, T* dw) {
   const Isa isa = torchext::cpu::cpu_isa();
-  if (rows == 0 || !use_blocked_tiles()) {
-    if (rows == 0 || rows > kTileMaxDepth || !use_tiles(isa, rows, in, out)) {
-      gemm<T>(true, false, out, in, rows, dz, out, x, in, dw, in);
-      return;
-    }
-  } else if (rows > kTileMaxDepth || !use_tiles(isa, rows, in, out)) {
+  const bool unblocked = rows <= kTileMaxDepth && use_tiles(isa, rows, in, out);
+  if (rows == 0 || !(unblocked || use_blocked_tiles())) {
+    gemm<T>(true, false, out, in, rows, dz, out, x, in, dw, in);
+    return;
+  }
+  if (!unblocked) {
     TileGemm<T> g;
     g.m = out, g.n = in, g.k = rows;
     g.a = dz, g.a_row = 1, g.a_col = out;  // dZᵀ
