@@ -183,7 +183,8 @@ void dense_forward(const T* x, int64_t rows, int64_t in, const T* weight, int64_
   const Isa isa = torchext::cpu::cpu_isa();
   if (rows == 0 || out == 0) return;
   // Both tile paths need enough rows to pay for rearranging W (transposed, or
-  // packed into panels).
+  // packed into panels). The blocked tiles beat MKL from 24 rows on Zen 4
+  // (1024-1024-1024 at batch 24: 1.31x); fewer are not measured.
   const bool enough_rows = in > 0 && rows >= kTileRowSplit;
   const bool unblocked = enough_rows && in * out <= kTileMaxWeight && use_tiles(isa, rows, in, out);
   if (!unblocked && !(enough_rows && use_blocked_tiles())) {
