@@ -15,6 +15,12 @@ from trainer_support import stock_step
 import torchext
 from torchext.nn import MLP
 
+
+def shape_ids(shapes):
+    """Test ids of (sizes, batch, activation, ...) shapes: "20-30-30-40-B128-relu"."""
+    return ["-".join(map(str, s[0])) + f"-B{s[1]}-{s[2]}" for s in shapes]
+
+
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
 
 

@@ -19,6 +19,7 @@ from core_parity_support import (
     TOL,
     assert_matches_stock,
     assert_thread_count_changes_no_bit,
+    shape_ids,
     train_both,
 )
 from cpu_isa_support import SUPPORTED_ISAS, pinned, pinned_large_gemm
@@ -42,7 +43,7 @@ SHAPES = [
     # an input gradient 700 deep (the 50-700 layer's).
     ([40, 50, 700, 5], 200, "relu", "mse", True),
 ]
-SHAPE_IDS = ["-".join(map(str, s[0])) + f"-B{s[1]}-{s[2]}" for s in SHAPES]
+SHAPE_IDS = shape_ids(SHAPES)
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)

@@ -21,6 +21,7 @@ from core_parity_support import (
     TOL,
     assert_matches_stock,
     assert_thread_count_changes_no_bit,
+    shape_ids,
     train_both,
 )
 from cpu_isa_support import ALL_ISAS, SUPPORTED_ISAS, pinned
@@ -45,7 +46,7 @@ SHAPES = [
     ([12, 40, 9], 30, "relu", "mse", False),
     ([20, 30, 30, 40], 1500, "relu", "mse", True),
 ]
-SHAPE_IDS = ["-".join(map(str, s[0])) + f"-B{s[1]}-{s[2]}" for s in SHAPES]
+SHAPE_IDS = shape_ids(SHAPES)
 
 
 @pytest.mark.parametrize("isa", SUPPORTED_ISAS)

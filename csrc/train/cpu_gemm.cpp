@@ -101,8 +101,24 @@ bool use_tiles(Isa isa, int64_t rows, int64_t in, int64_t out) {
          out <= kTileMaxWidth;
 }
 
+// The kernel of the products beyond use_tiles for the `isa` build (see
+// large_gemm()).
+LargeGemm large_gemm_for(Isa isa) {
+  if (isa == Isa::kPortable) return LargeGemm::kBlas;
+  const int pin = pinned_large_gemm.load(std::memory_order_relaxed);
+  if (pin != kNoPin) return static_cast<LargeGemm>(pin);
+  // The blocked tiles where they were measured faster than torch's MKL: on
+  // AMD's Zen 4 with the AVX-512 build, 1.1-1.3x on whole steps with 256- to
+  // 4096-wide layers (MKL reaches about 70 % of the FMA peak there); the AVX2
+  // build's smaller tiles were level with MKL or 10 % slower. On Intel's Xeons
+  // MKL was level with the unblocked tiles at 128 × 256 × 256 and faster
+  // beyond; the blocked tiles are not measured there (benchmarks/RESULTS.md).
+  static const bool amd = is_amd_cpu();
+  return amd && isa == Isa::kAvx512 ? LargeGemm::kBlockedTiles : LargeGemm::kBlas;
+}
+
 // Whether the products beyond use_tiles run on the blocked tiles.
-bool use_blocked_tiles() { return large_gemm() == LargeGemm::kBlockedTiles; }
+bool use_blocked_tiles(Isa isa) { return large_gemm_for(isa) == LargeGemm::kBlockedTiles; }
 
 // Wᵀ [I, O] of weight [O, I], for the tiles, which read B by rows.
 template <typename T>
@@ -122,20 +138,7 @@ int64_t padded_columns(int64_t n, int64_t lanes) { return divup(n, lanes) * lane
 
 }  // namespace
 
-LargeGemm large_gemm() {
-  const Isa isa = torchext::cpu::cpu_isa();
-  if (isa == Isa::kPortable) return LargeGemm::kBlas;
-  const int pin = pinned_large_gemm.load(std::memory_order_relaxed);
-  if (pin != kNoPin) return static_cast<LargeGemm>(pin);
-  // The blocked tiles where they were measured faster than torch's MKL: on
-  // AMD's Zen 4 with the AVX-512 build, 1.1-1.3x on whole steps with 256- to
-  // 4096-wide layers (MKL reaches about 70 % of the FMA peak there); the AVX2
-  // build's smaller tiles were level with MKL or 10 % slower. On Intel's Xeons
-  // MKL was level with the unblocked tiles at 128 × 256 × 256 and faster
-  // beyond; the blocked tiles are not measured there (benchmarks/RESULTS.md).
-  static const bool amd = is_amd_cpu();
-  return amd && isa == Isa::kAvx512 ? LargeGemm::kBlockedTiles : LargeGemm::kBlas;
-}
+LargeGemm large_gemm() { return large_gemm_for(torchext::cpu::cpu_isa()); }
 
 void set_large_gemm(LargeGemm kernel) {
   pinned_large_gemm.store(static_cast<int>(kernel), std::memory_order_relaxed);
@@ -187,7 +190,7 @@ void dense_forward(const T* x, int64_t rows, int64_t in, const T* weight, int64_
   // (1024-1024-1024 at batch 24: 1.31x); fewer are not measured.
   const bool enough_rows = in > 0 && rows >= kTileRowSplit;
   const bool unblocked = enough_rows && in * out <= kTileMaxWeight && use_tiles(isa, rows, in, out);
-  if (!unblocked && !(enough_rows && use_blocked_tiles())) {
+  if (!unblocked && !(enough_rows && use_blocked_tiles(isa))) {
     gemm<T>(false, true, rows, out, in, x, in, weight, in, z, out);
     bias_activation<T>(z, bias, rows, out, act, a, Written::kByThreads);
     return;
@@ -217,7 +220,7 @@ template <typename T>
 void weight_gradient(const T* dz, int64_t rows, int64_t out, const T* x, int64_t in, T* dw) {
   const Isa isa = torchext::cpu::cpu_isa();
   const bool unblocked = rows <= kTileMaxDepth && use_tiles(isa, rows, in, out);
-  if (rows == 0 || !(unblocked || use_blocked_tiles())) {
+  if (rows == 0 || !(unblocked || use_blocked_tiles(isa))) {
     gemm<T>(true, false, out, in, rows, dz, out, x, in, dw, in);
     return;
   }
@@ -260,7 +263,7 @@ bool input_gradient(const T* dz, int64_t rows, int64_t out, const T* weight, int
   const Isa isa = torchext::cpu::cpu_isa();
   const bool unblocked = use_tiles(isa, rows, in, out);
   if (out == 0 || !epilogue_in_registers(Epilogue::kActivationGradient, below_act) ||
-      !(unblocked || (rows >= kTileRowSplit && use_blocked_tiles()))) {
+      !(unblocked || (rows >= kTileRowSplit && use_blocked_tiles(isa)))) {
     gemm<T>(false, false, rows, in, out, dz, out, weight, in, dx, in);
     return false;
   }

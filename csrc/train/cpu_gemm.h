@@ -21,7 +21,7 @@ namespace torchext::train::cpu {
 // The kernel of the products too large for the unblocked tiles: the vendor
 // BLAS, or the tiles blocked for the caches (packed panels of B, blocks of k).
 // By default the blocked tiles on AMD CPUs running the AVX-512 build and BLAS
-// elsewhere (large_gemm() says why); the portable build always uses BLAS.
+// elsewhere (cpu_gemm.cpp says why); the portable build always uses BLAS.
 // Tests and benchmarks may pin either; the choice is read at every product.
 enum class LargeGemm : int { kBlas = 0, kBlockedTiles = 1 };
 // The kernel in use now, for cpu_isa()'s build.
