@@ -32,13 +32,17 @@ def data(sizes, batch, loss, dtype, seed):
     return x, torch.randint(0, sizes[-1], (batch,), generator=gen)
 
 
-def train_both(shape, dtype, steps=3):
+def train_both(shape, dtype, steps=3, make_model=None):
     """The core and the stock loop after ``steps`` steps: (model, reference model, losses).
 
-    ``shape`` is (sizes, batch, activation, loss, bias)."""
+    ``shape`` is (sizes, batch, activation, loss, bias); ``make_model(dtype)``, if given, builds
+    the model instead of ``MLP(sizes, ...)`` (``sizes`` then gives only the data's widths)."""
     sizes, batch, activation, loss, bias = shape
     torch.manual_seed(0)
-    model = MLP(sizes, activation=activation, bias=bias, dtype=dtype)
+    if make_model is None:
+        model = MLP(sizes, activation=activation, bias=bias, dtype=dtype)
+    else:
+        model = make_model(dtype)
     ref = copy.deepcopy(model)
     options = dict(lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-3)
     trainer = torchext.Trainer(model, torchext.optim.SGD(model.parameters(), **options), loss)
@@ -52,15 +56,15 @@ def train_both(shape, dtype, steps=3):
     return model, ref, losses
 
 
-def assert_matches_stock(shape, dtype):
-    model, ref, losses = train_both(shape, dtype)
+def assert_matches_stock(shape, dtype, make_model=None):
+    model, ref, losses = train_both(shape, dtype, make_model=make_model)
     for got, expected in losses:
         torch.testing.assert_close(got, expected, **TOL[dtype])
     for (name, p), q in zip(model.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, **TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
 
 
-def assert_thread_count_changes_no_bit(shape, *pins):
+def assert_thread_count_changes_no_bit(shape, *pins, make_model=None):
     """float32 training on 1 and on 2 threads, inside the context managers ``pins``."""
     threads = torch.get_num_threads()
     results = []
@@ -70,7 +74,7 @@ def assert_thread_count_changes_no_bit(shape, *pins):
             with contextlib.ExitStack() as stack:
                 for pin in pins:
                     stack.enter_context(pin())
-                model, _, losses = train_both(shape, torch.float32)
+                model, _, losses = train_both(shape, torch.float32, make_model=make_model)
             results.append(([p.detach().clone() for p in model.parameters()], losses))
     finally:
         torch.set_num_threads(threads)

@@ -81,6 +81,12 @@ constexpr int64_t kMinPassElementsPerThread = int64_t{1} << 18;
 // at batch 2048, 320-331 µs against 301-309 (2-core Xeon). At 2^21, only the
 // largest products the tiles take (2^22, cpu_gemm.cpp) split.
 constexpr int64_t kMinMacsPerThread = int64_t{1} << 21;
+// Multiply-adds of a whole step per member below which a small network's step
+// stays on the calling thread rather than running as a team (train/team.h),
+// which forks once a step and meets at a barrier a layer. On a 2-core Zen 4,
+// two members took the seed network's step at batch 128 (2^19 a member)
+// 1.11-1.23x faster than one thread, at batch 64 (just under 2^18) 0.92-1.00x.
+constexpr int64_t kMinMacsPerTeamMember = int64_t{1} << 18;
 
 // How many threads `work` units deserve, given kMin*PerThread as `min_per_thread`.
 inline int64_t threads_for(int64_t work, int64_t min_per_thread) {

@@ -12,13 +12,15 @@
 //  - `data_parallel`, collectives over a torch.distributed.ProcessGroup
 //    (data_parallel_binding.cpp).
 //  - the CPU kernels' choices, for tests and benchmarks: `cpu_capability` (the
-//    ISA build) and `large_gemm` (BLAS or blocked tiles), each with a pin.
+//    ISA build) and `large_gemm` (BLAS or blocked tiles), each with a pin, and
+//    `_team_steps`, the steps the core has run on a team of threads.
 #include <torchext/ops.h>
 #include <torchext/version.h>
 
 #include "bindings.h"
 #include "cpu/dispatch.h"
 #include "train/cpu_gemm.h"
+#include "train/model.h"
 
 #include <torch/csrc/utils/pybind.h>
 
@@ -78,6 +80,10 @@ PYBIND11_MODULE(_C, m) {
       py::arg("name"),
       "Pins the kernel of the training core's large CPU products (tests, benchmarks); None: the "
       "default for this CPU");
+
+  m.def("_team_steps", &torchext::train::cpu_team_steps,
+        "The CPU training steps the core has run on a team of threads (csrc/train/team.h) since "
+        "it loaded (tests, benchmarks)");
 
   bind_trainer(m);
   bind_optim(m);

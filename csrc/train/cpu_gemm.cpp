@@ -216,10 +216,51 @@ void dense_forward(const T* x, int64_t rows, int64_t in, const T* weight, int64_
   }
 }
 
+namespace {
+
+// dW = dZᵀ · X on the unblocked tiles, or dWᵀ = Xᵀ · dZ into a per-thread
+// buffer (transposed back into dW afterwards), whichever pads fewer lanes of
+// the tiles' vectors by at least an eighth: with I = 20 and 16 lanes, dW's rows
+// waste 12 of every 32, dWᵀ's (O = 30) 2. Either way each element is the same
+// chain of multiply-adds over the batch, so the numbers are the same.
+template <typename T>
+struct WeightGradientTiles {
+  TileGemm<T> g;
+  bool by_transpose = false;
+};
+
+template <typename T>
+WeightGradientTiles<T> weight_gradient_tiles(Isa isa, const T* dz, int64_t rows, int64_t out,
+                                             const T* x, int64_t in, T* dw) {
+  const int64_t lanes = tile_lanes<T>(isa);
+  WeightGradientTiles<T> w;
+  w.by_transpose = 8 * in * padded_columns(out, lanes) < 7 * out * padded_columns(in, lanes);
+  TileGemm<T>& g = w.g;
+  g.k = rows;
+  if (w.by_transpose) {
+    g.m = in, g.n = out;
+    g.a = x, g.a_row = 1, g.a_col = in;  // Xᵀ
+    g.b = dz, g.ldb = out;
+    g.c = scratch<T, kWeightGradientScratch>(in * out), g.ldc = out;
+  } else {
+    g.m = out, g.n = in;
+    g.a = dz, g.a_row = 1, g.a_col = out;  // dZᵀ
+    g.b = x, g.ldb = in;
+    g.c = dw, g.ldc = in;
+  }
+  return w;
+}
+
+bool weight_gradient_unblocked(Isa isa, int64_t rows, int64_t out, int64_t in) {
+  return rows <= kTileMaxDepth && use_tiles(isa, rows, in, out);
+}
+
+}  // namespace
+
 template <typename T>
 void weight_gradient(const T* dz, int64_t rows, int64_t out, const T* x, int64_t in, T* dw) {
   const Isa isa = torchext::cpu::cpu_isa();
-  const bool unblocked = rows <= kTileMaxDepth && use_tiles(isa, rows, in, out);
+  const bool unblocked = weight_gradient_unblocked(isa, rows, out, in);
   if (rows == 0 || !(unblocked || use_blocked_tiles(isa))) {
     gemm<T>(true, false, out, in, rows, dz, out, x, in, dw, in);
     return;
@@ -233,28 +274,30 @@ void weight_gradient(const T* dz, int64_t rows, int64_t out, const T* x, int64_t
     run_blocked(isa, g, /*b_col=*/1);
     return;
   }
-  // dW = dZᵀ · X, or dWᵀ = Xᵀ · dZ transposed back, whichever pads fewer lanes
-  // of the tiles' vectors by at least an eighth: with I = 20 and 16 lanes, dW's
-  // rows waste 12 of every 32, dWᵀ's (O = 30) 2. Either way each element is the
-  // same chain of multiply-adds over the batch, so the numbers are the same.
-  const int64_t lanes = tile_lanes<T>(isa);
-  const bool by_transpose =
-      8 * in * padded_columns(out, lanes) < 7 * out * padded_columns(in, lanes);
-  TileGemm<T> g;
-  g.k = rows;
-  if (by_transpose) {
-    g.m = in, g.n = out;
-    g.a = x, g.a_row = 1, g.a_col = in;  // Xᵀ
-    g.b = dz, g.ldb = out;
-    g.c = scratch<T, kWeightGradientScratch>(in * out), g.ldc = out;
+  const WeightGradientTiles<T> w = weight_gradient_tiles(isa, dz, rows, out, x, in, dw);
+  run_tiles(isa, w.g);
+  if (w.by_transpose) transpose(w.g.c, in, out, out, dw, in);
+}
+
+template <typename T>
+void weight_gradient_rows(const T* dz, int64_t rows, int64_t out, const T* x, int64_t in, T* dw,
+                          int64_t o0, int64_t o1) {
+  if (o0 >= o1) return;
+  const Isa isa = torchext::cpu::cpu_isa();
+  const WeightGradientTiles<T> w = weight_gradient_tiles(isa, dz, rows, out, x, in, dw);
+  if (w.by_transpose) {  // rows [o0, o1) of dW are columns [o0, o1) of dWᵀ
+    run_tiles_part(isa, w.g, 0, in, o0, o1);
+    transpose(w.g.c + o0, in, o1 - o0, out, dw + o0 * in, in);
   } else {
-    g.m = out, g.n = in;
-    g.a = dz, g.a_row = 1, g.a_col = out;  // dZᵀ
-    g.b = x, g.ldb = in;
-    g.c = dw, g.ldc = in;
+    run_tiles_part(isa, w.g, o0, o1, 0, in);
   }
-  run_tiles(isa, g);
-  if (by_transpose) transpose(g.c, in, out, out, dw, in);
+}
+
+bool layer_on_unblocked_tiles(int64_t rows, int64_t in, int64_t out, Activation below_act) {
+  const Isa isa = torchext::cpu::cpu_isa();
+  return in > 0 && out > 0 && rows >= kTileRowSplit && in * out <= kTileMaxWeight &&
+         use_tiles(isa, rows, in, out) && weight_gradient_unblocked(isa, rows, out, in) &&
+         epilogue_in_registers(Epilogue::kActivationGradient, below_act);
 }
 
 template <typename T>
@@ -289,6 +332,8 @@ bool input_gradient(const T* dz, int64_t rows, int64_t out, const T* weight, int
   template void dense_forward<T>(const T*, int64_t, int64_t, const T*, int64_t, const T*,        \
                                  Activation, T*, T*);                                            \
   template void weight_gradient<T>(const T*, int64_t, int64_t, const T*, int64_t, T*);           \
+  template void weight_gradient_rows<T>(const T*, int64_t, int64_t, const T*, int64_t, T*,       \
+                                        int64_t, int64_t);                                       \
   template bool input_gradient<T>(const T*, int64_t, int64_t, const T*, int64_t, T*, Activation, \
                                   const T*);
 TORCHEXT_INSTANTIATE(float)

@@ -45,6 +45,20 @@ void dense_forward(const T* x, int64_t rows, int64_t in, const T* weight, int64_
 template <typename T>
 void weight_gradient(const T* dz, int64_t rows, int64_t out, const T* x, int64_t in, T* dw);
 
+// Rows [o0, o1) of weight_gradient's dW, on the unblocked tiles and the
+// calling thread: one team member's share (team.h), for layers that
+// layer_on_unblocked_tiles accepts. The same numbers as weight_gradient.
+template <typename T>
+void weight_gradient_rows(const T* dz, int64_t rows, int64_t out, const T* x, int64_t in, T* dw,
+                          int64_t o0, int64_t o1);
+
+// Whether all three products of a layer [out, in] over `rows` batch rows, and
+// over any share of them of at least kTileRowSplit rows, run on the unblocked
+// tiles on the calling thread, the input gradient with the derivative of the
+// layer below (below_act) in its epilogue: the condition for splitting a step
+// over a team, whose members call these functions on their shares.
+bool layer_on_unblocked_tiles(int64_t rows, int64_t in, int64_t out, Activation below_act);
+
 // The input gradient of a dense layer, dX [B, I] = dZ · W (W [O, I]), turned
 // into the layer below's dZ = dX ⊙ act'(below_a) in the same pass where that
 // layer's activation allows it (below_a: its output, [B, I]). Returns whether

@@ -205,27 +205,31 @@ void bias_activation(T* z, const T* bias, int64_t rows, int64_t cols, Activation
 }
 
 template <typename T>
+void activation_backward_columns(T* grad, const T* z, const T* a, int64_t rows, int64_t cols,
+                                 int64_t c0, int64_t c1, Activation act, T* bias_grad) {
+  const Isa isa = torchext::cpu::cpu_isa();
+#if TORCHEXT_X86_SIMD
+  if (isa != Isa::kPortable && simd_activation_backward(act)) {
+    if (isa == Isa::kAvx512) {
+      return activation_backward_avx512(grad, a, rows, c0, c1, cols, act, bias_grad);
+    }
+    return activation_backward_avx2(grad, a, rows, c0, c1, cols, act, bias_grad);
+  }
+#endif
+  pick_activation_backward_block<T>()(grad, z, a, rows, c0, c1, cols, act, bias_grad);
+}
+
+template <typename T>
 void activation_backward(T* grad, const T* z, const T* a, int64_t rows, int64_t cols,
                          Activation act, T* bias_grad, Written written) {
   // Columns split across threads in whole cache lines: each owns its slice of bias_grad.
-  const Isa isa = torchext::cpu::cpu_isa();
-  const bool simd = isa != Isa::kPortable && simd_activation_backward(act);
-  const auto block = pick_activation_backward_block<T>();
-  constexpr int64_t kLine = 64 / sizeof(T);
-  torchext::cpu::parallel_for(
-      0, (cols + kLine - 1) / kLine, rows * kLine * cost_of(act), min_elements_per_thread(written),
-      [&](int64_t l0, int64_t l1) {
-        const int64_t c0 = l0 * kLine, c1 = std::min(cols, l1 * kLine);
-#if TORCHEXT_X86_SIMD
-        if (simd && isa == Isa::kAvx512) {
-          return activation_backward_avx512(grad, a, rows, c0, c1, cols, act, bias_grad);
-        }
-        if (simd) {
-          return activation_backward_avx2(grad, a, rows, c0, c1, cols, act, bias_grad);
-        }
-#endif
-        block(grad, z, a, rows, c0, c1, cols, act, bias_grad);
-      });
+  constexpr int64_t kLine = kColumnsOfLine<T>;
+  torchext::cpu::parallel_for(0, (cols + kLine - 1) / kLine, rows * kLine * cost_of(act),
+                              min_elements_per_thread(written), [&](int64_t l0, int64_t l1) {
+                                activation_backward_columns(grad, z, a, rows, cols, l0 * kLine,
+                                                            std::min(cols, l1 * kLine), act,
+                                                            bias_grad);
+                              });
 }
 
 // ---------------------------------------------------------------------------
@@ -244,27 +248,27 @@ T the_mean(double sum, int64_t n) {
   return static_cast<T>(sum / static_cast<double>(n));
 }
 
+namespace {
+
+// Σ (out − target)² over n elements, with grad = norm · (out − target) when asked.
 template <typename T>
-T mse_loss(const T* out, const T* target, int64_t n, T* grad) {
-  if (n == 0) return std::numeric_limits<T>::quiet_NaN();  // as torch: mean of nothing
-  const T norm = T(2) / static_cast<T>(n);                 // mse_loss_backward's scale
-  double sum;
+double squared_error(const T* out, const T* target, int64_t n, T norm, T* grad) {
   switch (torchext::cpu::cpu_isa()) {
 #if TORCHEXT_X86_SIMD
-    case Isa::kAvx512: sum = squared_error_avx512(out, target, n, norm, grad); break;
-    case Isa::kAvx2: sum = squared_error_avx2(out, target, n, norm, grad); break;
+    case Isa::kAvx512: return squared_error_avx512(out, target, n, norm, grad);
+    case Isa::kAvx2: return squared_error_avx2(out, target, n, norm, grad);
 #endif
-    default: sum = squared_error_portable(out, target, n, norm, grad); break;
+    default: return squared_error_portable(out, target, n, norm, grad);
   }
-  return the_mean<T>(sum, n);
 }
 
+// Σ −log_softmax(logits[r])[target[r]] over rows [r0, r1), with the gradient of
+// their mean over `inv_rows`⁻¹ rows into grad when asked.
 template <typename T>
-T cross_entropy_loss(const T* logits, const int64_t* target, int64_t rows, int64_t cols, T* grad) {
-  if (rows == 0) return std::numeric_limits<T>::quiet_NaN();
-  const T inv_rows = T(1) / static_cast<T>(rows);
+double cross_entropy_sum(const T* logits, const int64_t* target, int64_t r0, int64_t r1,
+                         int64_t cols, T inv_rows, T* grad) {
   double sum = 0;
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     const T* x = logits + r * cols;
     const T max = *std::max_element(x, x + cols);
     T exp_sum = 0;
@@ -278,15 +282,63 @@ T cross_entropy_loss(const T* logits, const int64_t* target, int64_t rows, int64
       g[target[r]] -= inv_rows;
     }
   }
-  return the_mean<T>(sum, rows);
+  return sum;
 }
 
-#define TORCHEXT_INSTANTIATE(T)                                                                  \
-  template void bias_activation<T>(T*, const T*, int64_t, int64_t, Activation, T*, Written);     \
-  template T mse_loss<T>(const T*, const T*, int64_t, T*);                                       \
-  template T cross_entropy_loss<T>(const T*, const int64_t*, int64_t, int64_t, T*);              \
-  template void activation_backward<T>(T*, const T*, const T*, int64_t, int64_t, Activation, T*, \
-                                       Written);
+// The elements the mean of `loss` divides by.
+int64_t loss_count(Loss loss, int64_t rows, int64_t cols) {
+  return loss == Loss::MSE ? rows * cols : rows;
+}
+
+}  // namespace
+
+template <typename T>
+T mse_loss(const T* out, const T* target, int64_t n, T* grad) {
+  if (n == 0) return std::numeric_limits<T>::quiet_NaN();  // as torch: mean of nothing
+  const T norm = T(2) / static_cast<T>(n);                 // mse_loss_backward's scale
+  return the_mean<T>(squared_error(out, target, n, norm, grad), n);
+}
+
+template <typename T>
+T cross_entropy_loss(const T* logits, const int64_t* target, int64_t rows, int64_t cols, T* grad) {
+  if (rows == 0) return std::numeric_limits<T>::quiet_NaN();
+  return the_mean<T>(
+      cross_entropy_sum(logits, target, 0, rows, cols, T(1) / static_cast<T>(rows), grad), rows);
+}
+
+template <typename T>
+void loss_chunks(Loss loss, const T* out, const T* target, const int64_t* classes, int64_t rows,
+                 int64_t cols, int64_t r0, int64_t r1, T* grad, double* chunk_sums) {
+  const T scale = (loss == Loss::MSE ? T(2) : T(1)) / static_cast<T>(loss_count(loss, rows, cols));
+  for (int64_t c0 = r0; c0 < r1; c0 += kLossRows) {
+    const int64_t c1 = std::min(r1, c0 + kLossRows);
+    chunk_sums[c0 / kLossRows] =
+        loss == Loss::MSE ? squared_error(out + c0 * cols, target + c0 * cols, (c1 - c0) * cols,
+                                          scale, grad != nullptr ? grad + c0 * cols : nullptr)
+                          : cross_entropy_sum(out, classes, c0, c1, cols, scale, grad);
+  }
+}
+
+template <typename T>
+T loss_of_chunks(Loss loss, const double* chunk_sums, int64_t rows, int64_t cols) {
+  const int64_t count = loss_count(loss, rows, cols);
+  if (count == 0) return std::numeric_limits<T>::quiet_NaN();  // as torch: mean of nothing
+  double sum = 0;
+  for (int64_t c = 0; c < (rows + kLossRows - 1) / kLossRows; ++c) sum += chunk_sums[c];
+  return the_mean<T>(sum, count);
+}
+
+#define TORCHEXT_INSTANTIATE(T)                                                                   \
+  template void bias_activation<T>(T*, const T*, int64_t, int64_t, Activation, T*, Written);      \
+  template T mse_loss<T>(const T*, const T*, int64_t, T*);                                        \
+  template T cross_entropy_loss<T>(const T*, const int64_t*, int64_t, int64_t, T*);               \
+  template void loss_chunks<T>(Loss, const T*, const T*, const int64_t*, int64_t, int64_t,        \
+                               int64_t, int64_t, T*, double*);                                    \
+  template T loss_of_chunks<T>(Loss, const double*, int64_t, int64_t);                            \
+  template void activation_backward<T>(T*, const T*, const T*, int64_t, int64_t, Activation, T*,  \
+                                       Written);                                                  \
+  template void activation_backward_columns<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, \
+                                               int64_t, Activation, T*);
 TORCHEXT_INSTANTIATE(float)
 TORCHEXT_INSTANTIATE(double)
 #undef TORCHEXT_INSTANTIATE

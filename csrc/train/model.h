@@ -76,6 +76,10 @@ void loss_aten(Loss loss, const at::Tensor& output, const at::Tensor& y, Workspa
                const at::Tensor& incoming, at::Tensor grad_out);
 void backward_aten(const Model& model, Workspace& ws, const at::Tensor& x);
 
+// The training steps forward_backward_cpu has run on a team of threads
+// (step_cpu.cpp) since the library loaded: for tests and benchmarks.
+int64_t cpu_team_steps();
+
 // Forward only; returns a view of the last layer's output rows.
 at::Tensor forward_cpu(const Model& model, Workspace& ws, const at::Tensor& x);
 at::Tensor forward_aten(const Model& model, Workspace& ws, const at::Tensor& x);

@@ -122,6 +122,11 @@ void run_tiles(Isa isa, const TileGemm<T>& g) {
   });
 }
 
+template <typename T>
+void run_tiles_part(Isa isa, const TileGemm<T>& g, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+  tile_gemm(isa, g, r0, r1, c0, c1);
+}
+
 // The whole of C through the blocked tiles, B(p, j) = g.b[p * g.ldb + j * b_col].
 // Threads take whole panels where there are enough (each packs only its own),
 // else blocks of rows (each packs every panel).
@@ -172,9 +177,10 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_ld, T* dst,
   transpose_rest(src, rows, cols, src_ld, r0, c0, dst, dst_ld);
 }
 
-#define TORCHEXT_INSTANTIATE(T)                                   \
-  template void run_tiles<T>(Isa, const TileGemm<T>&);            \
-  template void run_blocked<T>(Isa, const TileGemm<T>&, int64_t); \
+#define TORCHEXT_INSTANTIATE(T)                                                                 \
+  template void run_tiles<T>(Isa, const TileGemm<T>&);                                          \
+  template void run_tiles_part<T>(Isa, const TileGemm<T>&, int64_t, int64_t, int64_t, int64_t); \
+  template void run_blocked<T>(Isa, const TileGemm<T>&, int64_t);                               \
   template void transpose<T>(const T*, int64_t, int64_t, int64_t, T*, int64_t);
 TORCHEXT_INSTANTIATE(float)
 TORCHEXT_INSTANTIATE(double)

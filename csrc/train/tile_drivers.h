@@ -20,6 +20,12 @@ namespace torchext::train::cpu {
 template <typename T>
 void run_tiles(torchext::cpu::Isa isa, const TileGemm<T>& g);
 
+// Rows [r0, r1) × columns [c0, c1) of C, unblocked, on the calling thread (any
+// bounds: a thread's share of C when the split is the caller's).
+template <typename T>
+void run_tiles_part(torchext::cpu::Isa isa, const TileGemm<T>& g, int64_t r0, int64_t r1,
+                    int64_t c0, int64_t c1);
+
 // The whole of C, blocked for the caches (tile_drivers.cpp says how), with
 // B(p, j) = g.b[p * g.ldb + j * b_col], g.ldb or b_col 1: B need not be
 // row-major (the forward pass passes W as Wᵀ). Same ISA condition.
